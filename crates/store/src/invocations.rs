@@ -1,0 +1,458 @@
+//! Invocation records (what `GetFunctionLogs` reads) and accepted async events.
+//!
+//! An async event is written to `async_events` before the API answers, and removed in the same
+//! transaction that stores its final invocation record, so that a restart finds exactly the
+//! events that were accepted and not finished.
+
+use rusqlite::{Row, params};
+
+use crate::{Store, StoreError};
+
+/// How an invocation was requested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvokeType {
+    /// Synchronous: the caller waits for the result.
+    RequestResponse,
+    /// Asynchronous: the caller gets a request id at once.
+    Event,
+}
+
+impl InvokeType {
+    /// The SCF name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvokeType::RequestResponse => "RequestResponse",
+            InvokeType::Event => "Event",
+        }
+    }
+
+    fn parse(text: &str) -> Result<InvokeType, StoreError> {
+        match text {
+            "RequestResponse" => Ok(InvokeType::RequestResponse),
+            "Event" => Ok(InvokeType::Event),
+            other => Err(StoreError::Corrupt(format!("invoke type {other:?}"))),
+        }
+    }
+}
+
+/// Where an invocation stands (SCF's async event statuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationStatus {
+    /// Accepted or running.
+    Running,
+    /// Finished, whatever the function returned.
+    Finished,
+    /// Finished with an error.
+    Failed,
+}
+
+impl InvocationStatus {
+    /// The SCF name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvocationStatus::Running => "RUNNING",
+            InvocationStatus::Finished => "FINISHED",
+            InvocationStatus::Failed => "FAILED",
+        }
+    }
+
+    fn parse(text: &str) -> Result<InvocationStatus, StoreError> {
+        match text {
+            "RUNNING" => Ok(InvocationStatus::Running),
+            "FINISHED" => Ok(InvocationStatus::Finished),
+            "FAILED" => Ok(InvocationStatus::Failed),
+            other => Err(StoreError::Corrupt(format!("invocation status {other:?}"))),
+        }
+    }
+}
+
+/// One invocation's outcome as kept for `GetFunctionLogs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InvocationRecord {
+    /// Request id of the invocation.
+    pub request_id: String,
+    /// Namespace of the function.
+    pub namespace: String,
+    /// Function name.
+    pub function_name: String,
+    /// Sync or async.
+    pub invoke_type: InvokeType,
+    /// Running, finished or failed.
+    pub status: InvocationStatus,
+    /// When the invocation started, Unix milliseconds.
+    pub start_time: i64,
+    /// 0 on success, else the SCF status code (430, 433, ...).
+    pub ret_code: i32,
+    /// JSON text of the return value ("" on failure).
+    pub ret_msg: String,
+    /// SCF's JSON error object as text ("" on success).
+    pub err_msg: String,
+    /// Duration in microseconds.
+    pub duration_us: u64,
+    /// Billed duration in milliseconds.
+    pub bill_duration_ms: u64,
+    /// Peak memory of the invocation, bytes.
+    pub mem_usage: u64,
+    /// The invocation's log.
+    pub log: String,
+}
+
+/// Sort key of [`Store::list_invocations`] (SCF's `orderby` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvocationOrder {
+    /// `start_time`
+    StartTime,
+    /// `function_name`
+    FunctionName,
+    /// `request_id`
+    RequestId,
+    /// `duration`
+    Duration,
+    /// `mem_usage`
+    MemUsage,
+}
+
+/// Parameters of [`Store::list_invocations`].
+#[derive(Debug, Clone)]
+pub struct InvocationQuery {
+    /// Namespace of the function.
+    pub namespace: String,
+    /// Function name.
+    pub function_name: String,
+    /// Only this request.
+    pub request_id: Option<String>,
+    /// Sort key.
+    pub order_by: InvocationOrder,
+    /// Ascending when true.
+    pub ascending: bool,
+    /// Rows to skip.
+    pub offset: u32,
+    /// Rows to return at most.
+    pub limit: u32,
+}
+
+/// An async event accepted and not yet finished.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AsyncEvent {
+    /// Request id handed to the caller.
+    pub request_id: String,
+    /// Namespace of the function.
+    pub namespace: String,
+    /// Function name.
+    pub function_name: String,
+    /// The event, JSON text.
+    pub event: String,
+    /// When it was accepted, Unix milliseconds.
+    pub accepted_time: i64,
+}
+
+const COLUMNS: &str = "request_id, namespace, function_name, invoke_type, status, start_time, \
+     ret_code, ret_msg, err_msg, duration_us, bill_duration, mem_usage, log";
+
+type RawRecord = (InvocationRecord, String, String);
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRecord> {
+    let record = InvocationRecord {
+        request_id: row.get(0)?,
+        namespace: row.get(1)?,
+        function_name: row.get(2)?,
+        invoke_type: InvokeType::RequestResponse,
+        status: InvocationStatus::Running,
+        start_time: row.get(5)?,
+        ret_code: row.get(6)?,
+        ret_msg: row.get(7)?,
+        err_msg: row.get(8)?,
+        duration_us: row.get(9)?,
+        bill_duration_ms: row.get(10)?,
+        mem_usage: row.get(11)?,
+        log: row.get(12)?,
+    };
+    Ok((record, row.get(3)?, row.get(4)?))
+}
+
+fn decode((mut record, invoke_type, status): RawRecord) -> Result<InvocationRecord, StoreError> {
+    record.invoke_type = InvokeType::parse(&invoke_type)?;
+    record.status = InvocationStatus::parse(&status)?;
+    Ok(record)
+}
+
+fn upsert(conn: &rusqlite::Connection, record: &InvocationRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "INSERT OR REPLACE INTO invocations ({COLUMNS}) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+        ),
+        params![
+            record.request_id,
+            record.namespace,
+            record.function_name,
+            record.invoke_type.as_str(),
+            record.status.as_str(),
+            record.start_time,
+            record.ret_code,
+            record.ret_msg,
+            record.err_msg,
+            record.duration_us,
+            record.bill_duration_ms,
+            record.mem_usage,
+            record.log,
+        ],
+    )
+}
+
+impl Store {
+    /// Stores a finished synchronous invocation.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub async fn record_invocation(&self, record: InvocationRecord) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            upsert(conn, &record)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Durably accepts an async event: the event row and a `RUNNING` invocation record are
+    /// committed together before this returns.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub async fn accept_async_event(&self, event: AsyncEvent) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO async_events \
+                 (request_id, namespace, function_name, event, accepted_time) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    event.request_id,
+                    event.namespace,
+                    event.function_name,
+                    event.event,
+                    event.accepted_time,
+                ],
+            )?;
+            upsert(&tx, &running_record(&event))?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Stores an async event's final record and forgets the event, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub async fn finish_async_event(&self, record: InvocationRecord) -> Result<(), StoreError> {
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            upsert(&tx, &record)?;
+            tx.execute(
+                "DELETE FROM async_events WHERE request_id = ?1",
+                params![record.request_id],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every accepted async event that has not finished, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub async fn pending_async_events(&self) -> Result<Vec<AsyncEvent>, StoreError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT request_id, namespace, function_name, event, accepted_time \
+                 FROM async_events ORDER BY accepted_time, rowid",
+            )?;
+            let events = statement
+                .query_map([], |row| {
+                    Ok(AsyncEvent {
+                        request_id: row.get(0)?,
+                        namespace: row.get(1)?,
+                        function_name: row.get(2)?,
+                        event: row.get(3)?,
+                        accepted_time: row.get(4)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(events)
+        })
+        .await
+    }
+
+    /// Lists a function's invocation records: the requested page and the total count.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] or [`StoreError::Corrupt`].
+    pub async fn list_invocations(
+        &self,
+        query: InvocationQuery,
+    ) -> Result<(u64, Vec<InvocationRecord>), StoreError> {
+        self.with(move |conn| {
+            let filter = "WHERE namespace = ?1 AND function_name = ?2 \
+                          AND (?3 IS NULL OR request_id = ?3)";
+            let total: u64 = conn.query_row(
+                &format!("SELECT COUNT(*) FROM invocations {filter}"),
+                params![query.namespace, query.function_name, query.request_id],
+                |row| row.get(0),
+            )?;
+            let column = match query.order_by {
+                InvocationOrder::StartTime => "start_time",
+                InvocationOrder::FunctionName => "function_name",
+                InvocationOrder::RequestId => "request_id",
+                InvocationOrder::Duration => "duration_us",
+                InvocationOrder::MemUsage => "mem_usage",
+            };
+            let direction = if query.ascending { "ASC" } else { "DESC" };
+            let mut statement = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM invocations {filter} \
+                 ORDER BY {column} {direction}, rowid {direction} LIMIT ?4 OFFSET ?5"
+            ))?;
+            let rows = statement
+                .query_map(
+                    params![
+                        query.namespace,
+                        query.function_name,
+                        query.request_id,
+                        query.limit,
+                        query.offset
+                    ],
+                    from_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let records = rows.into_iter().map(decode).collect::<Result<_, _>>()?;
+            Ok((total, records))
+        })
+        .await
+    }
+}
+
+fn running_record(event: &AsyncEvent) -> InvocationRecord {
+    InvocationRecord {
+        request_id: event.request_id.clone(),
+        namespace: event.namespace.clone(),
+        function_name: event.function_name.clone(),
+        invoke_type: InvokeType::Event,
+        status: InvocationStatus::Running,
+        start_time: event.accepted_time,
+        ret_code: 0,
+        ret_msg: String::new(),
+        err_msg: String::new(),
+        duration_us: 0,
+        bill_duration_ms: 0,
+        mem_usage: 0,
+        log: String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("nimbus.db")).expect("open store");
+        (dir, store)
+    }
+
+    fn event(id: &str, at: i64) -> AsyncEvent {
+        AsyncEvent {
+            request_id: id.into(),
+            namespace: "default".into(),
+            function_name: "f".into(),
+            event: "{}".into(),
+            accepted_time: at,
+        }
+    }
+
+    fn query() -> InvocationQuery {
+        InvocationQuery {
+            namespace: "default".into(),
+            function_name: "f".into(),
+            request_id: None,
+            order_by: InvocationOrder::StartTime,
+            ascending: true,
+            offset: 0,
+            limit: 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn accepted_event_is_pending_until_finished() {
+        let (_dir, store) = open();
+        store
+            .accept_async_event(event("r1", 1))
+            .await
+            .expect("accept");
+        store
+            .accept_async_event(event("r2", 2))
+            .await
+            .expect("accept");
+        let pending = store.pending_async_events().await.expect("pending");
+        assert_eq!(pending.len(), 2);
+
+        let (total, rows) = store.list_invocations(query()).await.expect("list");
+        assert_eq!(total, 2);
+        assert_eq!(rows[0].status, InvocationStatus::Running);
+
+        let mut done = running_record(&event("r1", 1));
+        done.status = InvocationStatus::Finished;
+        done.ret_msg = "1".into();
+        store.finish_async_event(done).await.expect("finish");
+
+        let pending = store.pending_async_events().await.expect("pending");
+        assert_eq!(
+            pending
+                .iter()
+                .map(|e| e.request_id.as_str())
+                .collect::<Vec<_>>(),
+            ["r2"]
+        );
+        let filtered = InvocationQuery {
+            request_id: Some("r1".into()),
+            ..query()
+        };
+        let (total, rows) = store.list_invocations(filtered).await.expect("list");
+        assert_eq!(total, 1);
+        assert_eq!(rows[0].status, InvocationStatus::Finished);
+        assert_eq!(rows[0].ret_msg, "1");
+    }
+
+    #[tokio::test]
+    async fn refuses_a_duplicate_request_id() {
+        let (_dir, store) = open();
+        store
+            .accept_async_event(event("r1", 1))
+            .await
+            .expect("accept");
+        assert!(store.accept_async_event(event("r1", 2)).await.is_err());
+        assert_eq!(
+            store.pending_async_events().await.expect("pending").len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn orders_invocations_by_duration() {
+        let (_dir, store) = open();
+        for (id, duration_us) in [("a", 30), ("b", 10), ("c", 20)] {
+            let mut record = running_record(&event(id, 1));
+            record.invoke_type = InvokeType::RequestResponse;
+            record.status = InvocationStatus::Finished;
+            record.duration_us = duration_us;
+            store.record_invocation(record).await.expect("record");
+        }
+        let by_duration = InvocationQuery {
+            order_by: InvocationOrder::Duration,
+            ascending: false,
+            ..query()
+        };
+        let (_, rows) = store.list_invocations(by_duration).await.expect("list");
+        let ids: Vec<_> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        assert_eq!(ids, ["a", "c", "b"]);
+    }
+}

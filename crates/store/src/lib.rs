@@ -1,0 +1,102 @@
+//! The store: every piece of Nimbus state that must survive a restart.
+//!
+//! One SQLite database in WAL mode holds functions, invocation records (with their logs) and
+//! accepted async events. Code packages live as files beside it (see `nimbus-control`); the
+//! database only holds their content hash.
+//!
+//! ```text
+//!   api / control ──► Store (async methods) ──spawn_blocking──► Mutex<Connection> ──► nimbus.db
+//! ```
+//!
+//! Every method runs its SQL on tokio's blocking pool so that no request task waits on disk
+//! while holding a runtime thread. Times are stored as Unix milliseconds.
+//!
+//! # Limitations
+//! - One connection behind a mutex serialises all statements. That is plenty for a laptop
+//!   node; a connection pool (or the PostgreSQL backend from `DESIGN.md`) is the way past it.
+//! - There is no store trait yet: SQLite is the only backend.
+
+mod functions;
+mod invocations;
+mod schema;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::Connection;
+
+pub use functions::{FunctionOrder, FunctionQuery, FunctionRecord};
+pub use invocations::{
+    AsyncEvent, InvocationOrder, InvocationQuery, InvocationRecord, InvocationStatus, InvokeType,
+};
+
+/// Errors of the store. Each variant names the operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database file could not be opened or prepared.
+    #[error("cannot open database {path}")]
+    Open {
+        /// The database file.
+        path: String,
+        /// What SQLite said.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A statement failed.
+    #[error("database statement failed")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value could not be decoded.
+    #[error("stored value is corrupt: {0}")]
+    Corrupt(String),
+    /// The blocking task running the statement panicked or was cancelled.
+    #[error("database task did not finish")]
+    Task,
+}
+
+/// Handle to the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`] when the file cannot be opened, is not a database, or the schema
+    /// cannot be applied.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let open_error = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_error)?;
+        schema::prepare(&conn).map_err(open_error)?;
+        Ok(Store {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-applied statement behind
+            // (SQLite rolls back unfinished transactions), so a poisoned lock is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|_| StoreError::Task)?
+    }
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
