@@ -1,1 +1,207 @@
-fn main() {}
+//! `nimbus`: the platform (`nimbus serve`) and a client for people (`deploy`, `invoke`, `logs`,
+//! `functions`) in one binary.
+
+mod client;
+mod config;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A self-hosted serverless function platform that speaks Tencent Cloud SCF's API.
+#[derive(Parser)]
+#[command(name = "nimbus", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the platform.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:9000].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory [default: $NIMBUS_DATA_DIR, else ~/.local/share/nimbus].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// TOML configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Package a folder and create or update a function from it.
+    Deploy {
+        /// Folder holding the function's code (the handler file at its root).
+        dir: PathBuf,
+        /// Function name.
+        #[arg(long)]
+        name: String,
+        /// SCF runtime name, e.g. Python3.9.
+        #[arg(long)]
+        runtime: Option<String>,
+        /// Handler, file.function.
+        #[arg(long, default_value = "index.main_handler")]
+        handler: String,
+        /// Memory size in MB.
+        #[arg(long)]
+        memory: Option<u32>,
+        /// Timeout in seconds.
+        #[arg(long)]
+        timeout: Option<u32>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Invoke a function and print its return value.
+    Invoke {
+        /// Function name.
+        name: String,
+        /// The event, JSON.
+        #[arg(long, default_value = "{}")]
+        event: String,
+        /// Queue the event and print its request id instead of waiting.
+        #[arg(long = "async")]
+        is_async: bool,
+        /// Print the invocation's log (last 4 KB) to stderr.
+        #[arg(long)]
+        log: bool,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// Print a function's latest invocations and their logs.
+    Logs {
+        /// Function name.
+        name: String,
+        /// How many invocations.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// List functions.
+    Functions {
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+/// Where the client connects and with which credentials.
+#[derive(Args)]
+struct Connection {
+    /// Nimbus endpoint.
+    #[arg(long, env = "NIMBUS_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    endpoint: String,
+    /// SecretId [default: from the data directory's credentials file].
+    #[arg(long, env = "NIMBUS_SECRET_ID")]
+    secret_id: Option<String>,
+    /// SecretKey [default: from the data directory's credentials file].
+    #[arg(long, env = "NIMBUS_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// Data directory whose credentials file to use when none are given.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl Connection {
+    fn client(self) -> anyhow::Result<client::Client> {
+        let data_dir = self.data_dir.unwrap_or_else(config::Defaults::data_dir);
+        client::Client::new(&self.endpoint, self.secret_id, self.secret_key, &data_dir)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("nimbus: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<bool> {
+    match command {
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+        } => {
+            init_logging();
+            let file = match config {
+                Some(path) => config::read_file(&path)?,
+                None => config::FileConfig::default(),
+            };
+            let env_credential = (
+                std::env::var("NIMBUS_SECRET_ID").ok(),
+                std::env::var("NIMBUS_SECRET_KEY").ok(),
+            );
+            let config = config::resolve(listen, data_dir, file, env_credential)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))?;
+            runtime.block_on(serve::run(config))?;
+            Ok(true)
+        }
+        Command::Deploy {
+            dir,
+            name,
+            runtime,
+            handler,
+            memory,
+            timeout,
+            env,
+            connection,
+        } => {
+            let options = client::DeployOptions {
+                dir,
+                name,
+                runtime,
+                handler,
+                memory,
+                timeout,
+                env,
+            };
+            client::deploy(&connection.client()?, options)?;
+            Ok(true)
+        }
+        Command::Invoke {
+            name,
+            event,
+            is_async,
+            log,
+            connection,
+        } => client::invoke(&connection.client()?, &name, &event, is_async, log),
+        Command::Logs {
+            name,
+            limit,
+            connection,
+        } => {
+            client::logs(&connection.client()?, &name, limit)?;
+            Ok(true)
+        }
+        Command::Functions { connection } => {
+            client::functions(&connection.client()?)?;
+            Ok(true)
+        }
+    }
+}
+
+/// Logs go to stderr (stdout carries the "listening" line); `RUST_LOG` filters them.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}

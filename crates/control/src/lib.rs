@@ -1,1 +1,330 @@
-//! placeholder
+//! Control: validation and bookkeeping of functions.
+//!
+//! Every create or update is checked in full against SCF's rules (see [`rules`]) and its code
+//! package against [`code`] before anything is written, so a refused request changes nothing.
+//! Accepted code is stored on disk first and the function row second: a crash between the two
+//! leaves an unused package behind, never a function without code.
+//!
+//! ```text
+//!   api ──FunctionSettings──► Control ──check──► CodeStore (files) ──► Store (row, revision+1)
+//! ```
+//!
+//! Control knows nothing about instances; the caller retires warm instances after an update or
+//! delete.
+//!
+//! # Limitations
+//! - Namespaces are not registered anywhere yet: any valid namespace name is accepted and
+//!   springs into being with its first function.
+
+pub mod code;
+pub mod rules;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nimbus_store::{FunctionQuery, FunctionRecord, Store, StoreError};
+
+pub use code::CodeStore;
+pub use rules::{Limits, RuntimeFamily};
+
+/// Errors of function management. `Invalid` carries the SCF error code that names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// A required parameter is absent.
+    #[error("missing parameter {0}")]
+    Missing(&'static str),
+    /// A parameter has a value SCF does not accept.
+    #[error("{message}")]
+    Invalid {
+        /// SCF's error code, e.g. `InvalidParameterValue.MemorySize`.
+        code: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// A function of that name already exists in the namespace.
+    #[error("function {0} already exists")]
+    FunctionExists(String),
+    /// No function of that name exists in the namespace.
+    #[error("function {0} does not exist")]
+    FunctionNotFound(String),
+    /// The function changed while this update was being prepared.
+    #[error("function {0} was changed concurrently; retry")]
+    Conflict(String),
+    /// The database failed.
+    #[error("storing the function failed")]
+    Store(#[from] StoreError),
+    /// Reading or writing a code package failed.
+    #[error("code package storage failed")]
+    Io(#[from] std::io::Error),
+}
+
+/// The settable parts of a function. `None` means "not given": the default on create, the
+/// current value on update.
+#[derive(Debug, Clone, Default)]
+pub struct FunctionSettings {
+    /// `file.function`.
+    pub handler: Option<String>,
+    /// SCF runtime name.
+    pub runtime: Option<String>,
+    /// Free text.
+    pub description: Option<String>,
+    /// MB.
+    pub memory_size: Option<u32>,
+    /// Seconds.
+    pub timeout: Option<u32>,
+    /// User environment variables.
+    pub environment: Option<Vec<(String, String)>>,
+    /// The zip package, base64 (an `@` prefix is allowed).
+    pub code: Option<String>,
+}
+
+/// Function management over a store and a code folder. Cheap to clone.
+#[derive(Clone)]
+pub struct Control {
+    store: Store,
+    code: CodeStore,
+    /// Serialises package writes and removals, so that removing an unused package cannot race
+    /// with a new function starting to use it.
+    code_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Control {
+    /// Creates the service.
+    pub fn new(store: Store, code: CodeStore) -> Control {
+        Control {
+            store,
+            code,
+            code_lock: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// The store behind this service.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Where a function's unpacked code lives.
+    pub fn code_dir(&self, record: &FunctionRecord) -> PathBuf {
+        self.code.code_dir(&record.code_sha256)
+    }
+
+    /// Creates a function.
+    ///
+    /// # Errors
+    /// `Missing` (handler, code), `Invalid`, `FunctionExists`, `Store` or `Io`.
+    pub async fn create_function(
+        &self,
+        namespace: &str,
+        function_name: &str,
+        settings: FunctionSettings,
+        limits: &Limits,
+    ) -> Result<FunctionRecord, ControlError> {
+        rules::check_namespace(namespace)?;
+        rules::check_function_name(function_name)?;
+        let handler = settings.handler.ok_or(ControlError::Missing("handler"))?;
+        let code = settings.code.ok_or(ControlError::Missing("code"))?;
+        let runtime = settings
+            .runtime
+            .unwrap_or_else(|| rules::DEFAULT_RUNTIME.to_owned());
+        let family = rules::runtime_family(&runtime)?;
+        let handler_file = rules::handler_file(&handler, family)?;
+        let description = settings.description.unwrap_or_default();
+        rules::check_description(&description)?;
+        let memory_size = settings.memory_size.unwrap_or(rules::DEFAULT_MEMORY_MB);
+        rules::check_memory(memory_size, limits)?;
+        let timeout = settings.timeout.unwrap_or(rules::DEFAULT_TIMEOUT_SECS);
+        rules::check_timeout(timeout, limits)?;
+        let environment = settings.environment.unwrap_or_default();
+        rules::check_environment(&environment)?;
+        if self
+            .store
+            .get_function(namespace, function_name)
+            .await?
+            .is_some()
+        {
+            return Err(ControlError::FunctionExists(function_name.to_owned()));
+        }
+
+        let _guard = self.code_lock.lock().await;
+        let (code_sha256, code_size) = self
+            .store_package(code, handler_file, limits.max_code_bytes)
+            .await?;
+        let now = nimbus_store::now_ms();
+        let record = FunctionRecord {
+            namespace: namespace.to_owned(),
+            function_name: function_name.to_owned(),
+            handler,
+            runtime,
+            description,
+            memory_size,
+            timeout,
+            environment,
+            code_sha256,
+            code_size,
+            revision: 1,
+            add_time: now,
+            mod_time: now,
+        };
+        if !self.store.insert_function(record.clone()).await? {
+            self.remove_if_unused(&record.code_sha256).await?;
+            return Err(ControlError::FunctionExists(function_name.to_owned()));
+        }
+        Ok(record)
+    }
+
+    /// Updates a function's code and/or configuration. Returns the new record.
+    ///
+    /// # Errors
+    /// `Invalid`, `FunctionNotFound`, `Conflict`, `Store` or `Io`.
+    pub async fn update_function(
+        &self,
+        namespace: &str,
+        function_name: &str,
+        settings: FunctionSettings,
+        limits: &Limits,
+    ) -> Result<FunctionRecord, ControlError> {
+        let current = self.get_function(namespace, function_name).await?;
+        let mut next = current.clone();
+        if let Some(runtime) = settings.runtime {
+            next.runtime = runtime;
+        }
+        let family = rules::runtime_family(&next.runtime)?;
+        if let Some(handler) = settings.handler {
+            next.handler = handler;
+        }
+        let handler_file = rules::handler_file(&next.handler, family)?;
+        if let Some(description) = settings.description {
+            rules::check_description(&description)?;
+            next.description = description;
+        }
+        if let Some(memory_size) = settings.memory_size {
+            rules::check_memory(memory_size, limits)?;
+            next.memory_size = memory_size;
+        }
+        if let Some(timeout) = settings.timeout {
+            rules::check_timeout(timeout, limits)?;
+            next.timeout = timeout;
+        }
+        if let Some(environment) = settings.environment {
+            rules::check_environment(&environment)?;
+            next.environment = environment;
+        }
+
+        let _guard = self.code_lock.lock().await;
+        match settings.code {
+            Some(code) => {
+                (next.code_sha256, next.code_size) = self
+                    .store_package(code, handler_file, limits.max_code_bytes)
+                    .await?;
+            }
+            None => self.check_stored_handler(&current.code_sha256, &handler_file)?,
+        }
+        next.revision = current.revision + 1;
+        next.mod_time = nimbus_store::now_ms();
+        if !self
+            .store
+            .update_function(next.clone(), current.revision)
+            .await?
+        {
+            self.remove_if_unused(&next.code_sha256).await?;
+            return Err(ControlError::Conflict(function_name.to_owned()));
+        }
+        if next.code_sha256 != current.code_sha256 {
+            self.remove_if_unused(&current.code_sha256).await?;
+        }
+        Ok(next)
+    }
+
+    /// Reads a function.
+    ///
+    /// # Errors
+    /// `FunctionNotFound` or `Store`.
+    pub async fn get_function(
+        &self,
+        namespace: &str,
+        function_name: &str,
+    ) -> Result<FunctionRecord, ControlError> {
+        self.store
+            .get_function(namespace, function_name)
+            .await?
+            .ok_or_else(|| ControlError::FunctionNotFound(function_name.to_owned()))
+    }
+
+    /// Deletes a function and, when no other function shares it, its code package.
+    ///
+    /// # Errors
+    /// `FunctionNotFound`, `Store` or `Io`.
+    pub async fn delete_function(
+        &self,
+        namespace: &str,
+        function_name: &str,
+    ) -> Result<FunctionRecord, ControlError> {
+        let record = self.get_function(namespace, function_name).await?;
+        let _guard = self.code_lock.lock().await;
+        if !self.store.delete_function(namespace, function_name).await? {
+            return Err(ControlError::FunctionNotFound(function_name.to_owned()));
+        }
+        self.remove_if_unused(&record.code_sha256).await?;
+        Ok(record)
+    }
+
+    /// Lists functions.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn list_functions(
+        &self,
+        query: FunctionQuery,
+    ) -> Result<(u64, Vec<FunctionRecord>), ControlError> {
+        Ok(self.store.list_functions(query).await?)
+    }
+
+    /// The source text of a function's handler file.
+    ///
+    /// # Errors
+    /// `Invalid` for a runtime no longer served, `Io` when the file cannot be read.
+    pub fn handler_source(&self, record: &FunctionRecord) -> Result<String, ControlError> {
+        let family = rules::runtime_family(&record.runtime)?;
+        let file = rules::handler_file(&record.handler, family)?;
+        self.code.read_file(&record.code_sha256, &file)
+    }
+
+    /// Decodes, checks and stores a package; returns its hash and size. Runs on the blocking
+    /// pool: decoding and unpacking a 50 MB zip takes a while.
+    async fn store_package(
+        &self,
+        code: String,
+        handler_file: String,
+        max_bytes: usize,
+    ) -> Result<(String, u64), ControlError> {
+        let store = self.code.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = code::decode_package(&code, max_bytes)?;
+            code::check_package(&bytes, &handler_file)?;
+            let sha = code::package_hash(&bytes);
+            store.put(&sha, &bytes)?;
+            Ok((sha, bytes.len() as u64))
+        })
+        .await
+        .map_err(|_| ControlError::Io(std::io::Error::other("package task failed")))?
+    }
+
+    fn check_stored_handler(&self, sha256: &str, handler_file: &str) -> Result<(), ControlError> {
+        if self.code.code_dir(sha256).join(handler_file).is_file() {
+            Ok(())
+        } else {
+            Err(ControlError::Invalid {
+                code: "InvalidParameterValue.Handler",
+                message: format!("the handler file {handler_file} is not in the code package"),
+            })
+        }
+    }
+
+    async fn remove_if_unused(&self, sha256: &str) -> Result<(), ControlError> {
+        let in_use = self.store.code_hashes_in_use().await?;
+        if !in_use.iter().any(|h| h == sha256) {
+            self.code.remove(sha256)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,132 @@
+//! The one error type of the API layer, and how each variant reads in either dialect.
+//!
+//! Every variant has a stable API 3.0 code string (`ResourceNotFound.Function`, …) and a
+//! legacy numeric code (4000, 4100, …). The legacy envelope carries the string as `codeDesc`,
+//! so both dialects name the same failure the same way.
+
+use nimbus_control::ControlError;
+
+/// Why a request was refused. Client errors are not logged; internal ones are logged once,
+/// where they are turned into a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A required parameter is absent.
+    #[error("missing parameter {0}")]
+    MissingParameter(String),
+    /// A parameter has a value that is not accepted.
+    #[error("{message}")]
+    InvalidParameter {
+        /// SCF code, e.g. `InvalidParameterValue.MemorySize`.
+        code: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+    /// The event (or another payload) is over its size limit.
+    #[error("{0}")]
+    RequestTooLarge(String),
+    /// The action is not one this dialect knows.
+    #[error("action {0:?} is not supported; see the API documentation for the action names")]
+    InvalidAction(String),
+    /// The signature does not match.
+    #[error("signature does not match; check the SecretKey and how the string to sign is built")]
+    SignatureFailure,
+    /// The SecretId is not configured on this server.
+    #[error("SecretId {0} does not exist")]
+    SecretIdNotFound(String),
+    /// The timestamp is outside the accepted window.
+    #[error("request timestamp {timestamp} is more than {window_secs} s from server time {now}")]
+    SignatureExpire {
+        /// The request's timestamp.
+        timestamp: i64,
+        /// Server time.
+        now: i64,
+        /// Accepted distance.
+        window_secs: i64,
+    },
+    /// The nonce was already used with this timestamp.
+    #[error("nonce {0} was already used; send a fresh Nonce with every request")]
+    NonceReplay(u64),
+    /// No such function.
+    #[error("function {0} does not exist")]
+    FunctionNotFound(String),
+    /// The function exists already.
+    #[error("function {0} already exists")]
+    FunctionExists(String),
+    /// The function was changed by another request at the same time.
+    #[error("function {0} was changed by another request; retry")]
+    FunctionBusy(String),
+    /// Something on the server side failed; details are in the server log.
+    #[error("internal error; the server log has the details (request id in this response)")]
+    Internal,
+}
+
+impl ApiError {
+    /// The API 3.0 code string (also the legacy `codeDesc`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::MissingParameter(_) => "MissingParameter",
+            ApiError::InvalidParameter { code, .. } => code,
+            ApiError::RequestTooLarge(_) => "InvalidParameter.RequestTooLarge",
+            ApiError::InvalidAction(_) => "InvalidAction",
+            ApiError::SignatureFailure => "AuthFailure.SignatureFailure",
+            ApiError::SecretIdNotFound(_) => "AuthFailure.SecretIdNotFound",
+            ApiError::SignatureExpire { .. } => "AuthFailure.SignatureExpire",
+            ApiError::NonceReplay(_) => "AuthFailure.NonceReplay",
+            ApiError::FunctionNotFound(_) => "ResourceNotFound.Function",
+            ApiError::FunctionExists(_) => "ResourceInUse.Function",
+            ApiError::FunctionBusy(_) => "FailedOperation.FunctionStatusError",
+            ApiError::Internal => "InternalError",
+        }
+    }
+
+    /// The legacy API 2.0 numeric code.
+    pub fn legacy_code(&self) -> i64 {
+        match self {
+            ApiError::MissingParameter(_)
+            | ApiError::InvalidParameter { .. }
+            | ApiError::RequestTooLarge(_)
+            | ApiError::InvalidAction(_) => 4000,
+            ApiError::SignatureFailure => 4100,
+            ApiError::SecretIdNotFound(_) => 4104,
+            ApiError::SignatureExpire { .. } => 4200,
+            ApiError::NonceReplay(_) => 4500,
+            ApiError::FunctionNotFound(_) => 5000,
+            ApiError::FunctionExists(_) | ApiError::FunctionBusy(_) => 5100,
+            ApiError::Internal => 6000,
+        }
+    }
+
+    /// Shorthand for an invalid value.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidParameter {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> ApiError {
+        match error {
+            ControlError::Missing(name) => ApiError::MissingParameter(name.to_owned()),
+            ControlError::Invalid { code, message } => ApiError::InvalidParameter { code, message },
+            ControlError::FunctionExists(name) => ApiError::FunctionExists(name),
+            ControlError::FunctionNotFound(name) => ApiError::FunctionNotFound(name),
+            ControlError::Conflict(name) => ApiError::FunctionBusy(name),
+            error @ (ControlError::Store(_) | ControlError::Io(_)) => internal(&error),
+        }
+    }
+}
+
+/// Logs a server-side failure once, with its cause chain, and hides it from the caller.
+pub(crate) fn internal(error: &dyn std::error::Error) -> ApiError {
+    let mut chain = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::error!(error = %chain, "request failed on the server side");
+    ApiError::Internal
+}

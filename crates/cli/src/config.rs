@@ -1,0 +1,224 @@
+//! Server configuration: flags, then environment, then a TOML file, then defaults.
+//!
+//! Every default lives in [`Defaults`]; the file may not name keys this tree does not know.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// The defaults, in one place (pinned by a test).
+pub struct Defaults;
+
+impl Defaults {
+    /// Loopback only unless told otherwise.
+    pub const LISTEN: &'static str = "127.0.0.1:9000";
+    /// Region reported to functions.
+    pub const REGION: &'static str = "ap-guangzhou";
+    /// Interpreter looked up on PATH and resolved to its real binary once.
+    pub const PYTHON: &'static str = "python3";
+    /// Idle instances live this long.
+    pub const KEEP_ALIVE_SECS: u64 = 600;
+    /// Live instances per function.
+    pub const CONCURRENCY: u32 = 8;
+    /// Per-invocation log cap.
+    pub const LOG_LIMIT_BYTES: usize = 1024 * 1024;
+
+    /// `$NIMBUS_DATA_DIR`, else `$XDG_DATA_HOME/nimbus`, else `~/.local/share/nimbus`.
+    pub fn data_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("NIMBUS_DATA_DIR") {
+            return PathBuf::from(dir);
+        }
+        if let Some(dir) = std::env::var_os("XDG_DATA_HOME") {
+            return PathBuf::from(dir).join("nimbus");
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".local/share/nimbus")
+    }
+}
+
+/// The TOML file's shape. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Address to listen on.
+    pub listen: Option<String>,
+    /// Data directory.
+    pub data_dir: Option<PathBuf>,
+    /// Region name.
+    pub region: Option<String>,
+    /// API credentials.
+    #[serde(default)]
+    pub credentials: Vec<FileCredential>,
+    /// Engine settings.
+    #[serde(default)]
+    pub engine: FileEngine,
+}
+
+/// One `[[credentials]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCredential {
+    /// Key id.
+    pub secret_id: String,
+    /// Signing key.
+    pub secret_key: String,
+}
+
+/// The `[engine]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEngine {
+    /// Python interpreter (name on PATH or path).
+    pub python: Option<String>,
+    /// Idle keep-alive in seconds.
+    pub keep_alive_secs: Option<u64>,
+    /// Live instances per function.
+    pub concurrency: Option<u32>,
+    /// Per-invocation log cap in bytes.
+    pub log_limit_bytes: Option<usize>,
+}
+
+/// The resolved configuration of `nimbus serve`.
+#[derive(Debug)]
+pub struct ServeConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Region name.
+    pub region: String,
+    /// Credentials from the environment or the file (empty: use or generate the data
+    /// directory's credentials file).
+    pub credentials: Vec<(String, String)>,
+    /// Python interpreter to resolve.
+    pub python: String,
+    /// Idle keep-alive in seconds.
+    pub keep_alive_secs: u64,
+    /// Live instances per function.
+    pub concurrency: u32,
+    /// Per-invocation log cap in bytes.
+    pub log_limit_bytes: usize,
+}
+
+/// Reads the TOML file.
+///
+/// # Errors
+/// When the file cannot be read or parsed.
+pub fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Merges flags, environment (`NIMBUS_SECRET_ID`/`NIMBUS_SECRET_KEY`), file and defaults.
+///
+/// # Errors
+/// When a value is invalid (an address that does not parse, half a credential pair, a zero
+/// concurrency).
+pub fn resolve(
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    file: FileConfig,
+    env_credential: (Option<String>, Option<String>),
+) -> anyhow::Result<ServeConfig> {
+    let listen_text = listen
+        .or(file.listen)
+        .unwrap_or_else(|| Defaults::LISTEN.to_owned());
+    let listen: SocketAddr = listen_text
+        .parse()
+        .with_context(|| format!("invalid listen address {listen_text:?} (use IP:PORT)"))?;
+    let credentials = match env_credential {
+        (Some(id), Some(key)) if !id.is_empty() && !key.is_empty() => vec![(id, key)],
+        (None, None) => file
+            .credentials
+            .into_iter()
+            .map(|c| (c.secret_id, c.secret_key))
+            .collect(),
+        _ => bail!("set both NIMBUS_SECRET_ID and NIMBUS_SECRET_KEY, or neither"),
+    };
+    if credentials
+        .iter()
+        .any(|(id, key)| id.is_empty() || key.is_empty())
+    {
+        bail!("a configured credential has an empty secret_id or secret_key");
+    }
+    let concurrency = file.engine.concurrency.unwrap_or(Defaults::CONCURRENCY);
+    if concurrency == 0 {
+        bail!("engine.concurrency must be at least 1");
+    }
+    Ok(ServeConfig {
+        listen,
+        data_dir: data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(Defaults::data_dir),
+        region: file.region.unwrap_or_else(|| Defaults::REGION.to_owned()),
+        credentials,
+        python: file
+            .engine
+            .python
+            .unwrap_or_else(|| Defaults::PYTHON.to_owned()),
+        keep_alive_secs: file
+            .engine
+            .keep_alive_secs
+            .unwrap_or(Defaults::KEEP_ALIVE_SECS),
+        concurrency,
+        log_limit_bytes: file
+            .engine
+            .log_limit_bytes
+            .unwrap_or(Defaults::LOG_LIMIT_BYTES),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_the_defaults() {
+        let config = resolve(None, Some("/d".into()), FileConfig::default(), (None, None))
+            .expect("defaults are valid");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(config.region, "ap-guangzhou");
+        assert_eq!(config.python, "python3");
+        assert_eq!((config.keep_alive_secs, config.concurrency), (600, 8));
+        assert_eq!(config.log_limit_bytes, 1 << 20);
+        assert!(config.credentials.is_empty());
+    }
+
+    #[test]
+    fn flags_beat_file_and_env_beats_file_credentials() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:1\"\n[[credentials]]\nsecret_id = \"a\"\nsecret_key = \"b\"\n",
+        )
+        .expect("valid toml");
+        let config = resolve(
+            Some("127.0.0.1:2".into()),
+            None,
+            file,
+            (Some("env-id".into()), Some("env-key".into())),
+        )
+        .expect("valid");
+        assert_eq!(config.listen.port(), 2);
+        assert_eq!(
+            config.credentials,
+            vec![("env-id".to_owned(), "env-key".to_owned())]
+        );
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_half_credentials() {
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+        assert!(toml::from_str::<FileConfig>("[engine]\npyton = \"x\"").is_err());
+        let half = resolve(None, None, FileConfig::default(), (Some("id".into()), None));
+        assert!(half.is_err());
+        let bad = resolve(
+            Some("nowhere".into()),
+            None,
+            FileConfig::default(),
+            (None, None),
+        );
+        assert!(bad.is_err());
+    }
+}

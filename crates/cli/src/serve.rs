@@ -1,0 +1,194 @@
+//! `nimbus serve`: open the data directory, start the engine, serve the API until a signal.
+//!
+//! Start-up order matters for the messages a person sees: every check that can fail (data
+//! directory, credentials, database, interpreter, port) runs before the "listening" line, and
+//! each failure is one clear line and a non-zero exit.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use nimbus_api::{ApiState, Authenticator, Billing, Credential, Platform};
+use nimbus_control::{CodeStore, Control};
+use nimbus_engine::{Engine, EngineConfig};
+use nimbus_store::Store;
+use rand::Rng as _;
+use rand::distributions::Alphanumeric;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ServeConfig;
+
+/// Name of the generated credentials file inside the data directory.
+pub const CREDENTIALS_FILE: &str = "credentials";
+
+/// The generated credentials file's content.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsFile {
+    /// Key id.
+    pub secret_id: String,
+    /// Signing key.
+    pub secret_key: String,
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+///
+/// # Errors
+/// Any start-up failure, with its cause chain.
+pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
+    let data_dir = prepare_data_dir(&config.data_dir)?;
+    let credentials = credentials(&config, &data_dir)?;
+    let store = Store::open(&data_dir.join("nimbus.db")).context("cannot open the database")?;
+    let code = CodeStore::open(data_dir.join("code")).context("cannot prepare the code folder")?;
+
+    let python = nimbus_engine::resolve_python(&config.python)
+        .await
+        .with_context(|| format!("cannot run the Python interpreter {:?}", config.python))?;
+    let mut engine_config = EngineConfig::new(python.clone(), data_dir.join("runtimes"));
+    engine_config.keep_alive = Duration::from_secs(config.keep_alive_secs);
+    engine_config.default_concurrency = config.concurrency;
+    engine_config.log_limit_bytes = config.log_limit_bytes;
+    let engine = Arc::new(Engine::new(engine_config).context("cannot start the engine")?);
+    tracing::info!(python = %python.display(), "python runtime ready");
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener
+        .local_addr()
+        .context("cannot read the bound address")?;
+
+    let platform = Platform::new(Control::new(store, code), engine, config.region.clone());
+    let resumed = platform
+        .resume_async_events(Billing::Per100Ms)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot read pending async events: {e}"))?;
+    if resumed > 0 {
+        tracing::info!(
+            events = resumed,
+            "resumed async events accepted before the last stop"
+        );
+    }
+    let state = Arc::new(ApiState {
+        auth: Authenticator::new(credentials),
+        platform: platform.clone(),
+    });
+
+    tracing::info!(%address, data_dir = %data_dir.display(), "serving");
+    println!("nimbus listening on http://{address}");
+    std::io::stdout()
+        .flush()
+        .context("cannot write to stdout")?;
+
+    axum::serve(listener, nimbus_api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("the server failed")?;
+    tracing::info!("stopping instances");
+    platform.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Creates the data directory and checks that it is writable.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"")
+        .with_context(|| format!("data directory {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe)
+        .with_context(|| format!("data directory {} is not writable", dir.display()))?;
+    dir.canonicalize()
+        .with_context(|| format!("cannot resolve {}", dir.display()))
+}
+
+/// The configured credentials, else the data directory's credentials file, else a newly
+/// generated pair written to that file (owner-only) and announced by SecretId and path.
+fn credentials(config: &ServeConfig, data_dir: &Path) -> anyhow::Result<Vec<Credential>> {
+    let to_credential = |(secret_id, secret_key): &(String, String)| Credential {
+        secret_id: secret_id.clone(),
+        secret_key: secret_key.clone(),
+    };
+    if !config.credentials.is_empty() {
+        return Ok(config.credentials.iter().map(to_credential).collect());
+    }
+    let path = data_dir.join(CREDENTIALS_FILE);
+    if path.exists() {
+        let file = read_credentials_file(&path)?;
+        tracing::info!(secret_id = %file.secret_id, path = %path.display(), "using stored credentials");
+        return Ok(vec![to_credential(&(file.secret_id, file.secret_key))]);
+    }
+    let generated = CredentialsFile {
+        secret_id: format!("AKID{}", random_text(32)),
+        secret_key: random_text(32),
+    };
+    write_credentials_file(&path, &generated)?;
+    println!(
+        "generated credentials: SecretId {} (the SecretKey is in {}, readable only by you)",
+        generated.secret_id,
+        path.display()
+    );
+    Ok(vec![to_credential(&(
+        generated.secret_id,
+        generated.secret_key,
+    ))])
+}
+
+/// Reads a credentials file.
+///
+/// # Errors
+/// When it cannot be read or parsed.
+pub fn read_credentials_file(path: &Path) -> anyhow::Result<CredentialsFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read credentials file {}", path.display()))?;
+    let file: CredentialsFile = toml::from_str(&text)
+        .with_context(|| format!("invalid credentials file {}", path.display()))?;
+    if file.secret_id.is_empty() || file.secret_key.is_empty() {
+        bail!(
+            "credentials file {} has an empty secret_id or secret_key",
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
+fn write_credentials_file(path: &Path, credentials: &CredentialsFile) -> anyhow::Result<()> {
+    let text = toml::to_string(credentials).context("cannot encode credentials")?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create credentials file {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write credentials file {}", path.display()))?;
+    Ok(())
+}
+
+fn random_text(len: usize) -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGTERM; stop with Ctrl-C");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,211 @@
+"""Nimbus Python runtime shim.
+
+Hosts one SCF Python handler inside one instance process and talks to the
+Nimbus engine over the control socket it inherits as fd 0.
+
+Protocol (every frame is a 4-byte big-endian length followed by JSON):
+
+    shim -> engine  {"ready": true}                       once, at start
+    engine -> shim  {"request_id", "event", "context",    one per invocation
+                     "time_limit_ms"}
+    shim -> engine  {"ok": true, "ret_msg": "<json>"}     or
+                    {"ok": false, "status_code": N, "err_msg": "<json>"}
+
+Before each reply the shim flushes stdout and stderr and writes an end
+marker (a per-instance secret token plus the request id) to stdout, so the
+engine can cut the shared log pipe exactly at the end of the invocation.
+
+The handler module is imported lazily, on the first invocation, so that an
+import failure is reported as that invocation's result. A failed import is
+retried by the next invocation, never in a loop. The shim exits as soon as
+the control socket reaches end of file: the engine is gone or wants it gone.
+"""
+
+import importlib
+import json
+import os
+import socket
+import struct
+import sys
+import traceback
+
+_HEADER = struct.Struct(">I")
+_RECV_CHUNK = 1 << 20
+
+
+def _take_control_socket():
+    """Move the control socket off fd 0 and leave /dev/null there for user code."""
+    control_fd = os.dup(0)  # os.dup makes a non-inheritable fd
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null_fd, 0)
+    os.close(null_fd)
+    return socket.socket(fileno=control_fd)
+
+
+def _recv_exact(sock, size):
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, _RECV_CHUNK))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv_frame(sock):
+    header = _recv_exact(sock, _HEADER.size)
+    if header is None:
+        return None
+    payload = _recv_exact(sock, _HEADER.unpack(header)[0])
+    if payload is None:
+        return None
+    return json.loads(payload)
+
+
+def _send_frame(sock, message):
+    payload = json.dumps(message).encode("utf-8")
+    sock.sendall(_HEADER.pack(len(payload)) + payload)
+
+
+def _flush_output():
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except Exception:  # a user may have replaced or closed a stream
+            pass
+
+
+def _write_marker(marker):
+    view = memoryview(marker)
+    while view:
+        written = os.write(1, view)
+        view = view[written:]
+
+
+def _error(status_code, request_id, message, stack_trace=None):
+    body = {
+        "errorCode": -1,
+        "errorMessage": message,
+        "requestId": request_id,
+        "statusCode": status_code,
+    }
+    if stack_trace is not None:
+        body["stackTrace"] = stack_trace
+    return {"ok": False, "status_code": status_code, "err_msg": json.dumps(body)}
+
+
+class _HandlerError(Exception):
+    """The handler could not be loaded; carries the SCF status code to report."""
+
+    def __init__(self, status_code, message, stack_trace=None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.stack_trace = stack_trace
+
+
+class _Runner:
+    def __init__(self, handler_spec):
+        self._spec = handler_spec
+        self._handler = None
+
+    def _load(self):
+        module_name, _, function_name = self._spec.rpartition(".")
+        module_name = module_name.replace("/", ".")
+        if not module_name or not function_name:
+            raise _HandlerError(
+                437, "invalid handler '%s': expected <file>.<function>" % self._spec
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            missing = exc.name or ""
+            if missing and (module_name == missing or module_name.startswith(missing + ".")):
+                raise _HandlerError(
+                    437,
+                    "Handler not found: No module named '%s' (file %s.py is missing)"
+                    % (module_name, module_name.replace(".", "/")),
+                ) from None
+            raise _import_failure(exc) from None
+        except BaseException as exc:  # SyntaxError, SystemExit, anything at import
+            raise _import_failure(exc) from None
+        handler = getattr(module, function_name, None)
+        if handler is None:
+            raise _HandlerError(
+                437,
+                "Handler not found: module '%s' has no attribute '%s'"
+                % (module_name, function_name),
+            )
+        if not callable(handler):
+            raise _HandlerError(
+                437,
+                "Handler not found: '%s.%s' is not callable" % (module_name, function_name),
+            )
+        return handler
+
+    def invoke(self, frame):
+        request_id = frame.get("request_id", "")
+        try:
+            if self._handler is None:
+                self._handler = self._load()
+        except _HandlerError as exc:
+            print(exc.stack_trace or exc.message, file=sys.stderr)
+            return _error(exc.status_code, request_id, exc.message, exc.stack_trace)
+
+        context = frame.get("context") or {}
+        try:
+            event = json.loads(frame["event"])
+            result = self._handler(event, context)
+        except BaseException:  # SystemExit too: the handler failed, the instance lives on
+            stack_trace = traceback.format_exc()
+            print(stack_trace, file=sys.stderr, end="")
+            return _error(430, request_id, "user code exception caught", stack_trace)
+
+        try:
+            ret_msg = json.dumps(result)
+        except Exception as exc:
+            stack_trace = traceback.format_exc()
+            print(stack_trace, file=sys.stderr, end="")
+            message = "return value is not JSON serializable: %s" % exc
+            return _error(430, request_id, message, stack_trace)
+        return {"ok": True, "ret_msg": ret_msg}
+
+
+def _import_failure(exc):
+    stack_trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return _HandlerError(443, message, stack_trace)
+
+
+def _refine_runtime_name():
+    os.environ["SCF_RUNTIME"] = "Python%d.%d" % sys.version_info[:2]
+
+
+def main():
+    token = os.environ.pop("_NIMBUS_LOG_TOKEN", "")
+    code_root = os.environ.get("USER_CODE_ROOT", os.getcwd())
+    sys.path[0] = code_root  # replace this shim's own directory
+    _refine_runtime_name()
+    sock = _take_control_socket()
+    runner = _Runner(os.environ.get("_HANDLER", ""))
+    try:
+        _send_frame(sock, {"ready": True})
+        while True:
+            frame = _recv_frame(sock)
+            if frame is None:
+                break
+            reply = runner.invoke(frame)
+            _flush_output()
+            marker = "\0nimbus-end %s %s\n" % (token, frame.get("request_id", ""))
+            _write_marker(marker.encode("utf-8"))
+            _send_frame(sock, reply)
+    except OSError:
+        pass  # the engine closed the socket or went away
+    _flush_output()
+    # os._exit: do not wait for threads the user left running.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

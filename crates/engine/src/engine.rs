@@ -1,0 +1,608 @@
+//! The engine: admits an invocation, finds or starts an instance, runs the invocation on it,
+//! and turns whatever happened into an [`InvocationOutcome`].
+//!
+//! ```text
+//! invoke ─> Pools::acquire ─┬─ Exceeded ──────────────────────────────> 432 at once
+//!                           ├─ Warm(instance) ─┐
+//!                           └─ Cold ── start ──┴─> Lease ─> Instance::run ─> outcome
+//!                                                    │
+//!                       reusable: back to the pool <─┴─> otherwise: stop (kill group, reap)
+//! ```
+//!
+//! A [`Lease`] is the invocation's claim on one of its function's instance slots. It owns the
+//! instance while it runs, advertises the instance's process group so that shutdown can kill it,
+//! and, if the invocation is dropped half-way (its caller went away), gives the slot back and
+//! lets the instance die with it.
+//!
+//! Background work: one reaper task stops instances idle for longer than the keep-alive. It
+//! holds only a weak reference, so dropping the last [`Engine`] ends it.
+//!
+//! # Limitations
+//!
+//! - Concurrency is one node-wide number per function ([`EngineConfig::default_concurrency`]);
+//!   SCF's reserved concurrency (accounted in MB) and a node memory budget are not enforced.
+//! - Memory is measured, not limited: status 434 (memory limit reached) is never produced.
+//! - Instances start cold on demand; there is no pre-initialised (zygote) interpreter yet.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::instance::{Instance, Invocation, Run, RunEnd};
+use crate::log::{self, Body, Report};
+use crate::pool::{Admission, FunctionKey, Pools, Tag, Ticket};
+use crate::protocol::{self, EventFrame, Reply};
+use crate::runtime::{self, Shims};
+use crate::sandbox::{self, Spawner};
+use crate::{
+    EngineConfig, EngineError, FunctionSpec, InvocationOutcome, InvocationRequest,
+    InvocationResult, scf,
+};
+
+/// How long a new instance may take to say it is ready (SCF's default init timeout).
+const INIT_TIMEOUT: Duration = Duration::from_secs(65);
+
+/// Runs invocations on pools of instances. Cheap to clone: clones share the pools.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    shims: Shims,
+    spawner: Spawner,
+    pools: Mutex<Pools<Instance>>,
+}
+
+impl Engine {
+    /// Writes the runtime shims into [`EngineConfig::runtime_dir`], starts the thread that
+    /// spawns instances and the task that stops idle ones.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::InvalidConfig`] for a bad setting, [`EngineError::NoRuntime`] outside a
+    /// tokio runtime, [`EngineError::CreateRuntimeDir`] or [`EngineError::WriteShim`] if the
+    /// shims cannot be written, [`EngineError::StartSpawner`] if no thread can be started.
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        config.validate()?;
+        let runtime = Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
+        let shims = Shims::install(&config.runtime_dir)?;
+        let spawner = Spawner::start(runtime.clone())?;
+        let period = reaper_period(config.keep_alive);
+        let inner = Arc::new(Inner {
+            config,
+            shims,
+            spawner,
+            pools: Mutex::new(Pools::default()),
+        });
+        runtime.spawn(reap_idle(Arc::downgrade(&inner), period));
+        Ok(Engine { inner })
+    }
+
+    /// Runs one invocation of `spec`.
+    ///
+    /// Never fails as a Rust error: user failures and platform failures alike come back as
+    /// [`InvocationResult::Failed`] with their SCF status code (platform failures as 500, logged
+    /// here once).
+    pub async fn invoke(
+        &self,
+        spec: &FunctionSpec,
+        request: InvocationRequest,
+    ) -> InvocationOutcome {
+        let span = tracing::info_span!(
+            "invocation",
+            namespace = %spec.namespace,
+            function = %spec.name,
+            request_id = %request.request_id,
+        );
+        self.inner.invoke(spec, request).instrument(span).await
+    }
+
+    /// Stops every idle instance of a function (after an update or delete). Invocations running
+    /// on it finish, and their instances are then stopped instead of pooled.
+    pub async fn retire(&self, namespace: &str, name: &str) {
+        let key = FunctionKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        let retired = self.inner.lock().retire(&key);
+        tracing::debug!(
+            namespace,
+            function = name,
+            count = retired.len(),
+            "retiring instances"
+        );
+        stop_all(retired).await;
+    }
+
+    /// Stops everything: refuses new invocations, kills every instance (running invocations end
+    /// as failed) and waits until all are reaped.
+    pub async fn shutdown(&self) {
+        let (idle, mut leases) = {
+            let mut pools = self.inner.lock();
+            let (idle, busy) = pools.close();
+            // Killed under the lock: no lease can reap one of these meanwhile.
+            for pid in busy {
+                sandbox::kill_group(pid);
+            }
+            (idle, pools.watch_leases())
+        };
+        stop_all(idle).await;
+        // The sender lives in the pools this engine holds, so waiting cannot fail.
+        let _ = leases.wait_for(|open| *open == 0).await;
+        tracing::debug!("engine shut down");
+    }
+
+    /// Instances alive right now (idle or running), all functions.
+    pub fn live_instances(&self) -> usize {
+        self.inner.lock().live()
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Pools<Instance>> {
+        self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn invoke(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        request: InvocationRequest,
+    ) -> InvocationOutcome {
+        let key = FunctionKey {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+        };
+        let limit = usize::try_from(self.config.default_concurrency).unwrap_or(usize::MAX);
+        let grant = self.lock().acquire(&key, &tag_of(spec), limit);
+        stop_all(grant.evicted).await;
+
+        let (warm, ticket) = match (grant.admission, grant.ticket) {
+            (Admission::Warm(instance), Some(ticket)) => (Some(instance), ticket),
+            (Admission::Cold, Some(ticket)) => (None, ticket),
+            (Admission::Exceeded, _) => {
+                let message = scf::concurrency_message(&spec.name, self.config.default_concurrency);
+                tracing::debug!("concurrency exceeded");
+                return rejected(&request, scf::CONCURRENCY_EXCEEDED, &message);
+            }
+            _ => return self.platform_failure(spec, &request, &EngineError::ShutDown, false),
+        };
+        let lease = Lease {
+            inner: Arc::clone(self),
+            key,
+            ticket,
+            instance: None,
+            open: true,
+        };
+        self.run(spec, request, lease, warm).await
+    }
+
+    async fn run(
+        &self,
+        spec: &FunctionSpec,
+        request: InvocationRequest,
+        mut lease: Lease,
+        warm: Option<Instance>,
+    ) -> InvocationOutcome {
+        let context = runtime::context(&self.config, spec, &request.request_id);
+        let frame = protocol::encode(&EventFrame {
+            request_id: &request.request_id,
+            event: &request.event,
+            context: &context,
+            time_limit_ms: spec.timeout.as_millis(),
+        });
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(err) => return self.platform_failure(spec, &request, &err, warm.is_none()),
+        };
+        let invocation = Invocation {
+            request_id: &request.request_id,
+            frame: &frame,
+            timeout: spec.timeout,
+            log_limit: self.config.log_limit_bytes,
+        };
+
+        let mut cold_start = warm.is_none();
+        let mut instance = warm;
+        loop {
+            let current = match instance.take() {
+                Some(instance) => instance,
+                None => match self.start(spec, &request.request_id).await {
+                    Ok(instance) => instance,
+                    Err(err) => return self.start_failed(spec, &request, err),
+                },
+            };
+            let Some(attached) = lease.attach(current) else {
+                lease.stop_instance().await;
+                return self.platform_failure(spec, &request, &EngineError::ShutDown, cold_start);
+            };
+            let run = attached.run(&invocation).await;
+            if matches!(run.end, RunEnd::Stale) && !cold_start {
+                // The idle instance died since its last invocation: start a fresh one.
+                tracing::debug!("idle instance was gone, starting another");
+                lease.stop_instance().await;
+                cold_start = true;
+                continue;
+            }
+            return self.conclude(spec, &request, lease, run, cold_start).await;
+        }
+    }
+
+    async fn start(&self, spec: &FunctionSpec, request_id: &str) -> Result<Instance, EngineError> {
+        let token = new_token().map_err(EngineError::SpawnInstance)?;
+        let launch = runtime::launch(&self.config, &self.shims, spec, &token);
+        let started = Instant::now();
+        let instance = Instance::start(
+            &self.spawner,
+            &launch,
+            token,
+            INIT_TIMEOUT,
+            self.config.log_limit_bytes,
+        )
+        .await?;
+        let init_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        tracing::debug!(
+            pid = instance.pid(),
+            init_us,
+            request_id,
+            "instance started"
+        );
+        Ok(instance)
+    }
+
+    async fn conclude(
+        &self,
+        spec: &FunctionSpec,
+        request: &InvocationRequest,
+        lease: Lease,
+        run: Run,
+        cold_start: bool,
+    ) -> InvocationOutcome {
+        let reusable = run.reusable();
+        let (output, truncated) = run.log.finish();
+        let mut body = Body {
+            output,
+            truncated,
+            notes: Vec::new(),
+        };
+        let request_id = request.request_id.as_str();
+        let result = match run.end {
+            RunEnd::Replied(reply) => reply_result(request_id, reply),
+            RunEnd::TimedOut => {
+                let message = scf::timeout_message(spec.timeout);
+                body.notes.push(message.clone());
+                scf::failure(scf::TIME_LIMIT_REACHED, request_id, &message)
+            }
+            RunEnd::Exited | RunEnd::Stale => {
+                body.notes.push(scf::PROCESS_EXITED_MESSAGE.to_owned());
+                scf::failure(scf::PROCESS_EXITED, request_id, scf::PROCESS_EXITED_MESSAGE)
+            }
+            RunEnd::Broken(EngineError::FrameTooLarge(bytes)) => {
+                tracing::debug!(bytes, "response frame too large");
+                response_too_large(request_id)
+            }
+            RunEnd::Broken(err) => {
+                log_platform_failure(&err);
+                scf::failure(scf::INTERNAL_ERROR, request_id, "internal error")
+            }
+        };
+        lease.finish(reusable.then(|| tag_of(spec))).await;
+
+        let report = Report {
+            duration: run.duration,
+            memory_mb: spec.memory_mb,
+            mem_usage_bytes: run.mem_usage_bytes,
+        };
+        let status_code = result.status_code();
+        let duration_us = u64::try_from(run.duration.as_micros()).unwrap_or(u64::MAX);
+        tracing::info!(status_code, duration_us, cold_start, "invocation finished");
+        InvocationOutcome {
+            request_id: request.request_id.clone(),
+            result,
+            log: log::frame(request_id, body, report, self.config.log_limit_bytes),
+            duration: run.duration,
+            mem_usage_bytes: run.mem_usage_bytes,
+            cold_start,
+        }
+    }
+
+    /// The outcome of an invocation whose instance could not be started.
+    fn start_failed(
+        &self,
+        spec: &FunctionSpec,
+        request: &InvocationRequest,
+        err: EngineError,
+    ) -> InvocationOutcome {
+        let (status_code, output) = match err {
+            EngineError::InstanceExitedAtStart { output } => {
+                let failure = EngineError::InstanceExitedAtStart {
+                    output: String::new(),
+                };
+                log_platform_failure(&failure);
+                (scf::CONTAINER_INIT_ERROR, output)
+            }
+            EngineError::InstanceInitTimedOut(_) => {
+                log_platform_failure(&err);
+                (scf::INIT_TIMEOUT, String::new())
+            }
+            other => return self.platform_failure(spec, request, &other, true),
+        };
+        let message = "instance failed to start";
+        let body = Body {
+            output,
+            truncated: false,
+            notes: vec![message.to_owned()],
+        };
+        self.failed_outcome(spec, request, status_code, message, body, true)
+    }
+
+    /// The outcome of a failure of the platform itself, logged here.
+    fn platform_failure(
+        &self,
+        spec: &FunctionSpec,
+        request: &InvocationRequest,
+        err: &EngineError,
+        cold_start: bool,
+    ) -> InvocationOutcome {
+        log_platform_failure(err);
+        let message = "internal error";
+        let body = Body {
+            notes: vec![message.to_owned()],
+            ..Body::default()
+        };
+        self.failed_outcome(
+            spec,
+            request,
+            scf::INTERNAL_ERROR,
+            message,
+            body,
+            cold_start,
+        )
+    }
+
+    fn failed_outcome(
+        &self,
+        spec: &FunctionSpec,
+        request: &InvocationRequest,
+        status_code: u16,
+        message: &str,
+        body: Body,
+        cold_start: bool,
+    ) -> InvocationOutcome {
+        let report = Report {
+            duration: Duration::ZERO,
+            memory_mb: spec.memory_mb,
+            mem_usage_bytes: 0,
+        };
+        let request_id = request.request_id.as_str();
+        InvocationOutcome {
+            request_id: request.request_id.clone(),
+            result: scf::failure(status_code, request_id, message),
+            log: log::frame(request_id, body, report, self.config.log_limit_bytes),
+            duration: Duration::ZERO,
+            mem_usage_bytes: 0,
+            cold_start,
+        }
+    }
+}
+
+fn log_platform_failure(err: &EngineError) {
+    tracing::error!(error = err as &dyn std::error::Error, "invocation failed");
+}
+
+/// The outcome of an invocation refused before it reached an instance: no log.
+fn rejected(request: &InvocationRequest, status_code: u16, message: &str) -> InvocationOutcome {
+    InvocationOutcome {
+        request_id: request.request_id.clone(),
+        result: scf::failure(status_code, &request.request_id, message),
+        log: String::new(),
+        duration: Duration::ZERO,
+        mem_usage_bytes: 0,
+        cold_start: false,
+    }
+}
+
+fn reply_result(request_id: &str, reply: Reply) -> InvocationResult {
+    if reply.ok {
+        let ret_msg = reply.ret_msg.unwrap_or_else(|| "null".to_owned());
+        if ret_msg.len() > scf::MAX_RESPONSE_BYTES {
+            return response_too_large(request_id);
+        }
+        return InvocationResult::Success { ret_msg };
+    }
+    let status_code = reply.status_code.unwrap_or(430);
+    match reply.err_msg {
+        Some(err_msg) => InvocationResult::Failed {
+            status_code,
+            err_msg,
+        },
+        None => scf::failure(status_code, request_id, "user code exception caught"),
+    }
+}
+
+fn response_too_large(request_id: &str) -> InvocationResult {
+    scf::failure(
+        scf::RESPONSE_TOO_LARGE,
+        request_id,
+        "The size of response exceeds the upper limit (6MB)",
+    )
+}
+
+fn tag_of(spec: &FunctionSpec) -> Tag {
+    Tag {
+        version: spec.version.clone(),
+        revision: spec.revision,
+    }
+}
+
+/// A random token for an instance's log marker: 128 bits from the kernel, as hex.
+fn new_token() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+async fn stop_all(instances: Vec<Instance>) {
+    for instance in instances {
+        instance.stop().await;
+    }
+}
+
+/// How often the reaper looks for expired instances: a quarter of the keep-alive, within
+/// 50 ms and 15 s, so an instance lives at most a quarter longer than its keep-alive.
+fn reaper_period(keep_alive: Duration) -> Duration {
+    (keep_alive / 4).clamp(Duration::from_millis(50), Duration::from_secs(15))
+}
+
+async fn reap_idle(inner: Weak<Inner>, period: Duration) {
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let expired = {
+            let mut pools = inner.lock();
+            if pools.is_closed() {
+                return;
+            }
+            pools.expire(Instant::now(), inner.config.keep_alive)
+        };
+        if !expired.is_empty() {
+            tracing::debug!(count = expired.len(), "stopping idle instances");
+        }
+        stop_all(expired).await;
+    }
+}
+
+/// An invocation's claim on an instance slot of its function; see the module header.
+#[derive(Debug)]
+struct Lease {
+    inner: Arc<Inner>,
+    key: FunctionKey,
+    ticket: Ticket,
+    instance: Option<Instance>,
+    open: bool,
+}
+
+impl Lease {
+    /// Takes `instance` and advertises its process group. `None` if the engine is shut down
+    /// (the instance stays attached, for [`Lease::stop_instance`]).
+    fn attach(&mut self, instance: Instance) -> Option<&mut Instance> {
+        let registered = self.inner.lock().register_busy(self.ticket, instance.pid());
+        let attached = self.instance.insert(instance);
+        registered.then_some(attached)
+    }
+
+    /// Stops the attached instance, keeping the slot.
+    async fn stop_instance(&mut self) {
+        self.inner.lock().unregister_busy(self.ticket);
+        if let Some(instance) = self.instance.take() {
+            instance.stop().await;
+        }
+    }
+
+    /// Ends the lease: with `Some(tag)` the instance goes back to the pool as running `tag`
+    /// (unless the pool refuses it), otherwise it is stopped.
+    async fn finish(mut self, reusable: Option<Tag>) {
+        let instance = self.instance.take();
+        let returned = match (instance, reusable) {
+            (Some(instance), Some(tag)) => Some((instance, tag)),
+            (Some(instance), None) => {
+                self.inner.lock().unregister_busy(self.ticket);
+                instance.stop().await;
+                None
+            }
+            (None, _) => None,
+        };
+        self.open = false;
+        let refused = self
+            .inner
+            .lock()
+            .release(&self.key, self.ticket, returned, Instant::now());
+        if let Some(instance) = refused {
+            instance.stop().await;
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.open {
+            // The invocation was abandoned: free the slot first (so the group is no longer
+            // advertised), then let the instance's drop kill it.
+            self.inner
+                .lock()
+                .release(&self.key, self.ticket, None, Instant::now());
+        }
+        drop(self.instance.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Engine>();
+    }
+
+    #[test]
+    fn reaper_period_is_bounded_quarter_of_keep_alive() {
+        assert_eq!(
+            reaper_period(Duration::from_secs(600)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(
+            reaper_period(Duration::from_secs(4)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(reaper_period(Duration::ZERO), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn token_is_32_hex_digits() {
+        let token = new_token().expect("urandom is readable");
+        assert_eq!(token.len(), 32);
+        assert!(token.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn reply_without_error_object_gets_one() {
+        let reply = Reply {
+            ok: false,
+            ret_msg: None,
+            status_code: Some(437),
+            err_msg: None,
+        };
+        let result = reply_result("r", reply);
+        assert_eq!(result.status_code(), 437);
+    }
+
+    #[test]
+    fn oversized_return_value_is_407() {
+        let reply = Reply {
+            ok: true,
+            ret_msg: Some("x".repeat(scf::MAX_RESPONSE_BYTES + 1)),
+            status_code: None,
+            err_msg: None,
+        };
+        assert_eq!(reply_result("r", reply).status_code(), 407);
+    }
+
+    #[test]
+    fn engine_new_outside_runtime_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = EngineConfig::new("/usr/bin/python3", dir.path());
+        assert!(matches!(Engine::new(config), Err(EngineError::NoRuntime)));
+    }
+}

@@ -1,0 +1,93 @@
+//! The engine's error type.
+//!
+//! Only [`crate::Engine::new`] and [`crate::resolve_python`] return these to a caller. Everything
+//! that goes wrong during an invocation ends as an [`crate::InvocationResult::Failed`]; the
+//! variants below that describe instance failures exist so that the one place which handles such
+//! a failure can log it with its cause.
+
+use std::io;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+
+/// Everything that can fail inside the engine, named after the step that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The Python candidate could not be started at all.
+    #[error("cannot run python candidate `{candidate}`")]
+    RunPython {
+        /// The command that was tried, e.g. `python3`.
+        candidate: String,
+        /// Why it could not be run.
+        source: io::Error,
+    },
+    /// The Python candidate ran but did not succeed.
+    #[error("python candidate `{candidate}` exited with {status}")]
+    PythonFailed {
+        /// The command that was tried.
+        candidate: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The Python candidate did not print an absolute interpreter path.
+    #[error("python candidate `{candidate}` printed no absolute interpreter path")]
+    PythonPath {
+        /// The command that was tried.
+        candidate: String,
+    },
+    /// A configuration value is out of range.
+    #[error("invalid engine configuration: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The engine was created outside a tokio runtime.
+    #[error("the engine must be created inside a tokio runtime")]
+    NoRuntime,
+    /// The runtime directory could not be created.
+    #[error("cannot create runtime directory {path}")]
+    CreateRuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A runtime shim could not be written.
+    #[error("cannot write runtime shim {path}")]
+    WriteShim {
+        /// The shim's path.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The thread that starts instances could not be started.
+    #[error("cannot start the spawner thread")]
+    StartSpawner(#[source] io::Error),
+    /// The thread that starts instances is gone.
+    #[error("the spawner thread is gone")]
+    SpawnerGone,
+    /// An instance process could not be started.
+    #[error("cannot start an instance process")]
+    SpawnInstance(#[source] io::Error),
+    /// An instance exited before it said it was ready.
+    #[error("instance exited before it was ready")]
+    InstanceExitedAtStart {
+        /// What the instance printed before it exited (for the invocation's log).
+        output: String,
+    },
+    /// An instance did not say it was ready in time.
+    #[error("instance was not ready within {0:?}")]
+    InstanceInitTimedOut(std::time::Duration),
+    /// Reading from or writing to an instance's control channel failed.
+    #[error("control channel to the instance failed")]
+    Control(#[source] io::Error),
+    /// An instance sent a frame larger than the engine accepts.
+    #[error("instance sent a frame of {0} bytes")]
+    FrameTooLarge(usize),
+    /// An instance sent a frame that is not the expected JSON.
+    #[error("instance sent a malformed frame")]
+    MalformedFrame(#[source] serde_json::Error),
+    /// An invocation arrived after [`crate::Engine::shutdown`].
+    #[error("the engine is shut down")]
+    ShutDown,
+}

@@ -1,0 +1,109 @@
+//! What a caller hands the engine (a function and an invocation request) and what it gets back.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The language runtime that hosts a function's handler.
+///
+/// Each runtime has a shim (see `runtime.rs`) that the engine writes into its runtime directory
+/// and starts as the instance's first process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Runtime {
+    /// CPython 3, through `runtimes/python/bootstrap.py`.
+    Python3,
+}
+
+impl Runtime {
+    /// The runtime's family name as SCF spells it; the Python shim refines it to the exact
+    /// minor version (`Python3.11`) inside the instance.
+    pub fn scf_name(self) -> &'static str {
+        match self {
+            Runtime::Python3 => "Python3",
+        }
+    }
+}
+
+/// One deployed function, as far as the engine needs to know it.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    /// SCF namespace, e.g. `default`.
+    pub namespace: String,
+    /// Function name.
+    pub name: String,
+    /// Qualifier being run: `$LATEST` or a published version number.
+    pub version: String,
+    /// Bumps on every code or configuration change; idle instances of another revision of the
+    /// same version are stopped, never reused.
+    pub revision: u64,
+    /// Language runtime.
+    pub runtime: Runtime,
+    /// Entry point, `file.function` (e.g. `index.main_handler`).
+    pub handler: String,
+    /// Unpacked code; the handler's file sits at its root. Becomes the instance's working
+    /// directory.
+    pub code_dir: PathBuf,
+    /// Configured memory, reported to the handler and in the log's `Report` line.
+    pub memory_mb: u32,
+    /// Execution time limit of one invocation.
+    pub timeout: Duration,
+    /// The user's environment variables.
+    pub environment: Vec<(String, String)>,
+    /// Region name, e.g. `ap-guangzhou`.
+    pub region: String,
+}
+
+/// One invocation to run.
+#[derive(Debug, Clone)]
+pub struct InvocationRequest {
+    /// SCF request id; appears in the log and the handler's context.
+    pub request_id: String,
+    /// The event as JSON text, already validated by the caller.
+    pub event: String,
+}
+
+/// Everything the engine knows about one finished invocation.
+#[derive(Debug, Clone)]
+pub struct InvocationOutcome {
+    /// The request id it ran under.
+    pub request_id: String,
+    /// Return value or SCF error.
+    pub result: InvocationResult,
+    /// Complete log of this invocation, framed by `START`/`END`/`Report` lines and capped at
+    /// [`crate::EngineConfig::log_limit_bytes`].
+    pub log: String,
+    /// From handing the event over to receiving the result (zero if the invocation never
+    /// reached an instance).
+    pub duration: Duration,
+    /// Peak resident memory of the instance's main process during this invocation.
+    pub mem_usage_bytes: u64,
+    /// Whether a new instance was started for it.
+    pub cold_start: bool,
+}
+
+/// How an invocation ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InvocationResult {
+    /// The handler returned.
+    Success {
+        /// JSON text of the return value.
+        ret_msg: String,
+    },
+    /// The invocation failed, by the user's code or the platform.
+    Failed {
+        /// SCF function status code (430 user exception, 432 concurrency, 433 timeout, ...).
+        status_code: u16,
+        /// SCF's JSON error object as text.
+        err_msg: String,
+    },
+}
+
+impl InvocationResult {
+    /// The SCF function status code: 200 on success.
+    pub fn status_code(&self) -> u16 {
+        match self {
+            InvocationResult::Success { .. } => 200,
+            InvocationResult::Failed { status_code, .. } => *status_code,
+        }
+    }
+}

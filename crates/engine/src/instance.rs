@@ -1,0 +1,384 @@
+//! One instance: a shim process hosting one function, running one invocation at a time.
+//!
+//! ```text
+//!  start ──> wait for {"ready"} ──> idle <──────────────┐
+//!                                    │ run              │ replied and marker seen
+//!                                    v                  │
+//!              write event frame, then read both channels until the reply
+//!                │ reply             │ control EOF        │ deadline
+//!                v                   v                    v
+//!          read log to marker    kill group, drain    kill group, drain
+//!                                log: Exited          log: TimedOut
+//! ```
+//!
+//! While waiting for a frame the instance keeps reading its log pipe, so a handler that prints
+//! more than a pipe holds never blocks. An instance is reusable only after a clean reply whose
+//! log marker was seen; anything else leaves it for the engine to stop.
+//!
+//! Killing never reaps: [`Instance::stop`] (or drop) does, after the engine has stopped
+//! advertising the process group for [`crate::Engine::shutdown`] to kill, so a group id is never
+//! signalled after its leader's pid could have been reused.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::net::unix::pipe;
+use tokio::process::Child;
+use tokio::time::{Instant, sleep_until, timeout_at};
+
+use crate::EngineError;
+use crate::log::{LogCollector, end_marker};
+use crate::memory;
+use crate::protocol::{FrameReader, Hello, Reply};
+use crate::runtime::Launch;
+use crate::sandbox::{self, Spawned, Spawner};
+
+/// How long the log marker may trail the reply before the instance is considered broken.
+const MARKER_GRACE: Duration = Duration::from_secs(2);
+/// How long to keep reading the log of a killed instance for output still in the pipe.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A running instance process.
+#[derive(Debug)]
+pub(crate) struct Instance {
+    child: Child,
+    pid: u32,
+    control: UnixStream,
+    frames: FrameReader,
+    log: pipe::Receiver,
+    log_open: bool,
+    scratch: Box<[u8]>,
+    token: String,
+    /// Output printed while starting, handed to the first invocation's log.
+    boot_output: String,
+    reaped: bool,
+}
+
+/// What one invocation needs from the engine.
+#[derive(Debug)]
+pub(crate) struct Invocation<'a> {
+    pub(crate) request_id: &'a str,
+    /// The encoded event frame.
+    pub(crate) frame: &'a [u8],
+    pub(crate) timeout: Duration,
+    pub(crate) log_limit: usize,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub(crate) enum RunEnd {
+    /// The shim answered.
+    Replied(Reply),
+    /// The control channel closed during the run.
+    Exited,
+    /// The deadline passed; the instance was killed.
+    TimedOut,
+    /// The channel failed or the shim broke the protocol; the instance was killed.
+    Broken(EngineError),
+    /// The event could not even be delivered: the instance had died while idle.
+    Stale,
+}
+
+/// Result of [`Instance::run`].
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) end: RunEnd,
+    pub(crate) log: LogCollector,
+    pub(crate) duration: Duration,
+    pub(crate) mem_usage_bytes: u64,
+}
+
+impl Run {
+    /// Whether the instance may serve another invocation.
+    pub(crate) fn reusable(&self) -> bool {
+        matches!(self.end, RunEnd::Replied(_)) && self.log.marker_seen()
+    }
+}
+
+enum Wait {
+    Deadline,
+    Failed(EngineError),
+}
+
+impl Instance {
+    /// Starts an instance and waits until its shim says it is ready.
+    ///
+    /// On failure the process is already stopped.
+    pub(crate) async fn start(
+        spawner: &Spawner,
+        launch: &Launch,
+        token: String,
+        init_timeout: Duration,
+        log_limit: usize,
+    ) -> Result<Instance, EngineError> {
+        let Spawned {
+            child,
+            control,
+            log,
+        } = spawner.spawn(launch).await?;
+        let Some(pid) = child.id() else {
+            return Err(EngineError::InstanceExitedAtStart {
+                output: String::new(),
+            });
+        };
+        let mut instance = Instance {
+            child,
+            pid,
+            control,
+            frames: FrameReader::default(),
+            log,
+            log_open: true,
+            scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
+            token,
+            boot_output: String::new(),
+            reaped: false,
+        };
+        match instance.await_ready(init_timeout, log_limit).await {
+            Ok(()) => Ok(instance),
+            Err(err) => {
+                instance.stop().await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn await_ready(
+        &mut self,
+        init_timeout: Duration,
+        log_limit: usize,
+    ) -> Result<(), EngineError> {
+        let deadline = Instant::now() + init_timeout;
+        // An empty marker never matches: everything printed while starting is kept.
+        let mut boot = LogCollector::new(Vec::new(), log_limit);
+        let frame = self.next_frame(deadline, &mut boot).await;
+        if !matches!(frame, Ok(Some(_))) {
+            self.kill();
+            self.drain_log(&mut boot).await;
+        }
+        self.boot_output = boot.finish().0;
+        match frame {
+            Ok(Some(bytes)) => {
+                let hello: Hello =
+                    serde_json::from_slice(&bytes).map_err(EngineError::MalformedFrame)?;
+                if hello.ready {
+                    Ok(())
+                } else {
+                    Err(self.exited_at_start())
+                }
+            }
+            Ok(None) => Err(self.exited_at_start()),
+            Err(Wait::Deadline) => Err(EngineError::InstanceInitTimedOut(init_timeout)),
+            Err(Wait::Failed(err)) => Err(err),
+        }
+    }
+
+    fn exited_at_start(&mut self) -> EngineError {
+        EngineError::InstanceExitedAtStart {
+            output: std::mem::take(&mut self.boot_output),
+        }
+    }
+
+    /// The process id, which is also the process group id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Runs one invocation. Never leaves the instance half-way through a protocol exchange: if
+    /// it cannot finish cleanly it kills the process group (the caller then stops it).
+    pub(crate) async fn run(&mut self, invocation: &Invocation<'_>) -> Run {
+        let marker = end_marker(&self.token, invocation.request_id);
+        let mut log = LogCollector::new(marker, invocation.log_limit);
+        log.push(std::mem::take(&mut self.boot_output).as_bytes());
+        self.discard_stale_output();
+        if let Err(err) = memory::reset_peak(self.pid) {
+            tracing::debug!(pid = self.pid, %err, "cannot reset peak memory");
+        }
+
+        let started = std::time::Instant::now();
+        let deadline = Instant::from_std(started) + invocation.timeout;
+        match timeout_at(deadline, self.control.write_all(invocation.frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) if instance_gone(&err) => {
+                return self.killed(RunEnd::Stale, log, started, 0).await;
+            }
+            Ok(Err(err)) => {
+                let end = RunEnd::Broken(EngineError::Control(err));
+                return self.killed(end, log, started, 0).await;
+            }
+            Err(_) => return self.time_out(log, started).await,
+        }
+
+        match self.next_frame(deadline, &mut log).await {
+            Ok(Some(bytes)) => self.replied(&bytes, log, started).await,
+            Ok(None) => self.killed(RunEnd::Exited, log, started, 0).await,
+            Err(Wait::Deadline) => self.time_out(log, started).await,
+            Err(Wait::Failed(err)) => self.killed(RunEnd::Broken(err), log, started, 0).await,
+        }
+    }
+
+    async fn replied(
+        &mut self,
+        bytes: &[u8],
+        mut log: LogCollector,
+        started: std::time::Instant,
+    ) -> Run {
+        let duration = started.elapsed();
+        let mem_usage_bytes = self.peak_memory();
+        let reply = match serde_json::from_slice::<Reply>(bytes) {
+            Ok(reply) => reply,
+            Err(err) => {
+                let end = RunEnd::Broken(EngineError::MalformedFrame(err));
+                return self.killed(end, log, started, mem_usage_bytes).await;
+            }
+        };
+        self.read_log_to_marker(&mut log).await;
+        Run {
+            end: RunEnd::Replied(reply),
+            log,
+            duration,
+            mem_usage_bytes,
+        }
+    }
+
+    async fn time_out(&mut self, log: LogCollector, started: std::time::Instant) -> Run {
+        let mem_usage_bytes = self.peak_memory();
+        self.killed(RunEnd::TimedOut, log, started, mem_usage_bytes)
+            .await
+    }
+
+    /// Kills the process group and collects what is still in the log pipe.
+    async fn killed(
+        &mut self,
+        end: RunEnd,
+        mut log: LogCollector,
+        started: std::time::Instant,
+        mem_usage_bytes: u64,
+    ) -> Run {
+        let duration = started.elapsed();
+        self.kill();
+        self.drain_log(&mut log).await;
+        Run {
+            end,
+            log,
+            duration,
+            mem_usage_bytes,
+        }
+    }
+
+    /// Waits for the next control frame while feeding the log pipe into `log`.
+    async fn next_frame(
+        &mut self,
+        deadline: Instant,
+        log: &mut LogCollector,
+    ) -> Result<Option<Vec<u8>>, Wait> {
+        loop {
+            tokio::select! {
+                biased;
+                frame = self.frames.next(&mut self.control) => {
+                    return frame.map_err(Wait::Failed);
+                }
+                read = self.log.read(&mut self.scratch), if self.log_open => {
+                    self.take_log_read(read, log);
+                }
+                () = sleep_until(deadline) => return Err(Wait::Deadline),
+            }
+        }
+    }
+
+    fn take_log_read(&mut self, read: std::io::Result<usize>, log: &mut LogCollector) {
+        match read {
+            Ok(0) => self.log_open = false,
+            Ok(n) => log.push(&self.scratch[..n]),
+            Err(err) => {
+                tracing::debug!(pid = self.pid, %err, "cannot read instance log");
+                self.log_open = false;
+            }
+        }
+    }
+
+    /// Reads the log until this invocation's end marker, for a short while at most.
+    async fn read_log_to_marker(&mut self, log: &mut LogCollector) {
+        self.read_log_while(log, MARKER_GRACE, |log| !log.marker_seen())
+            .await;
+    }
+
+    /// Reads what is left in the log pipe of a killed instance.
+    async fn drain_log(&mut self, log: &mut LogCollector) {
+        self.read_log_while(log, DRAIN_GRACE, |_| true).await;
+    }
+
+    async fn read_log_while(
+        &mut self,
+        log: &mut LogCollector,
+        grace: Duration,
+        more: impl Fn(&LogCollector) -> bool,
+    ) {
+        let deadline = Instant::now() + grace;
+        while self.log_open && more(log) {
+            tokio::select! {
+                read = self.log.read(&mut self.scratch) => self.take_log_read(read, log),
+                () = sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// Drops output that arrived between invocations (see `log.rs`, Limitations).
+    fn discard_stale_output(&mut self) {
+        let mut discarded = 0;
+        while self.log_open {
+            match self.log.try_read(&mut self.scratch) {
+                Ok(0) => self.log_open = false,
+                Ok(n) => discarded += n,
+                Err(_) => break,
+            }
+        }
+        if discarded > 0 {
+            tracing::debug!(
+                pid = self.pid,
+                discarded,
+                "dropped output between invocations"
+            );
+        }
+    }
+
+    fn peak_memory(&self) -> u64 {
+        memory::read_peak_bytes(self.pid).unwrap_or_else(|err| {
+            tracing::debug!(pid = self.pid, %err, "cannot read peak memory");
+            0
+        })
+    }
+
+    fn kill(&self) {
+        if !self.reaped {
+            sandbox::kill_group(self.pid);
+        }
+    }
+
+    /// Kills the process group and reaps the instance's process.
+    pub(crate) async fn stop(mut self) {
+        self.kill();
+        if let Err(err) = self.child.wait().await {
+            tracing::warn!(pid = self.pid, %err, "cannot reap instance");
+        }
+        self.reaped = true;
+        tracing::debug!(pid = self.pid, "instance stopped");
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // `kill_on_drop` ends the main process and tokio reaps it in the background; this also
+        // ends whatever the handler started in the group.
+        self.kill();
+    }
+}
+
+fn instance_gone(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::NotConnected
+    )
+}

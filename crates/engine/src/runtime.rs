@@ -1,0 +1,255 @@
+//! Language runtimes: their shims, how an instance of each is launched, and the environment and
+//! context a handler sees.
+//!
+//! A runtime is a shim program plus a launch plan ([`Launch`]): program, arguments, working
+//! directory and a complete environment. The sandbox starts whatever plan it is given, so adding
+//! a runtime (Node.js, custom `bootstrap`) means adding a shim file and a `match` arm here.
+//!
+//! The environment is built from nothing (the engine's own is never inherited): a few base
+//! variables the user may override, then the user's variables, then the platform's `SCF_*`,
+//! `TENCENTCLOUD_*` and shim variables, which the user may not override.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use crate::{EngineConfig, EngineError, FunctionSpec, Runtime};
+
+const PYTHON_BOOTSTRAP: &str = include_str!("../runtimes/python/bootstrap.py");
+const PYTHON_BOOTSTRAP_FILE: &str = "bootstrap.py";
+
+/// Environment variable carrying the per-instance log marker token; the shim removes it.
+const LOG_TOKEN_VAR: &str = "_NIMBUS_LOG_TOKEN";
+
+/// The shim files written into the runtime directory.
+#[derive(Debug)]
+pub(crate) struct Shims {
+    python_bootstrap: PathBuf,
+}
+
+impl Shims {
+    /// Writes every shim into `runtime_dir` (creating it), replacing older copies atomically.
+    pub(crate) fn install(runtime_dir: &Path) -> Result<Shims, EngineError> {
+        std::fs::create_dir_all(runtime_dir).map_err(|source| EngineError::CreateRuntimeDir {
+            path: runtime_dir.to_owned(),
+            source,
+        })?;
+        let runtime_dir =
+            std::path::absolute(runtime_dir).map_err(|source| EngineError::CreateRuntimeDir {
+                path: runtime_dir.to_owned(),
+                source,
+            })?;
+        let python_bootstrap = runtime_dir.join(PYTHON_BOOTSTRAP_FILE);
+        write_atomically(&python_bootstrap, PYTHON_BOOTSTRAP)?;
+        Ok(Shims { python_bootstrap })
+    }
+}
+
+fn write_atomically(path: &Path, contents: &str) -> Result<(), EngineError> {
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&temporary, contents)
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .map_err(|source| EngineError::WriteShim {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Everything needed to start one instance process.
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    pub(crate) program: PathBuf,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) cwd: PathBuf,
+    /// The complete environment.
+    pub(crate) env: BTreeMap<String, String>,
+}
+
+/// The launch plan for an instance of `spec` whose log marker token is `token`.
+pub(crate) fn launch(
+    config: &EngineConfig,
+    shims: &Shims,
+    spec: &FunctionSpec,
+    token: &str,
+) -> Launch {
+    let code_dir = std::path::absolute(&spec.code_dir).unwrap_or_else(|_| spec.code_dir.clone());
+    match spec.runtime {
+        Runtime::Python3 => Launch {
+            program: config.python.clone(),
+            args: vec![
+                "-u".into(),
+                "-s".into(),
+                shims.python_bootstrap.clone().into(),
+            ],
+            env: environment(config, spec, &code_dir, token),
+            cwd: code_dir,
+        },
+    }
+}
+
+fn environment(
+    config: &EngineConfig,
+    spec: &FunctionSpec,
+    code_dir: &Path,
+    token: &str,
+) -> BTreeMap<String, String> {
+    let code_root = code_dir.to_string_lossy().into_owned();
+    let mut env = BTreeMap::new();
+    let mut set = |key: &str, value: &str| env.insert(key.to_owned(), value.to_owned());
+
+    // Base variables: the user may override these.
+    set("PATH", "/usr/local/bin:/usr/bin:/bin");
+    set("LANG", "C.UTF-8");
+    set("LC_ALL", "C.UTF-8");
+    set("HOME", "/tmp");
+    if spec.runtime == Runtime::Python3 {
+        set("PYTHONDONTWRITEBYTECODE", "x");
+        set("PYTHONPATH", &code_root);
+    }
+
+    for (key, value) in user_environment(spec) {
+        set(key, value);
+    }
+
+    // Platform variables: set last, so they win.
+    set("USER_CODE_ROOT", &code_root);
+    set("SCF_RUNTIME", spec.runtime.scf_name());
+    set("SCF_FUNCTIONNAME", &spec.name);
+    set("SCF_FUNCTIONVERSION", &spec.version);
+    set("SCF_NAMESPACE", &spec.namespace);
+    set("TENCENTCLOUD_REGION", &spec.region);
+    set("TENCENTCLOUD_RUNENV", "SCF");
+    set("TENCENTCLOUD_TZ", "UTC");
+    set("TENCENTCLOUD_APPID", &config.app_id);
+    set("TENCENTCLOUD_UIN", &config.uin);
+    set("_HANDLER", &spec.handler);
+    set(LOG_TOKEN_VAR, token);
+    env
+}
+
+/// The user's variables that may be passed on: platform names and names or values that cannot
+/// be put into an environment are left out.
+fn user_environment(spec: &FunctionSpec) -> impl Iterator<Item = (&str, &str)> {
+    spec.environment
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .filter(|(key, value)| usable_name(key) && !value.contains('\0') && !reserved(key))
+}
+
+fn usable_name(key: &str) -> bool {
+    !key.is_empty() && !key.contains(['=', '\0'])
+}
+
+fn reserved(key: &str) -> bool {
+    const PREFIXES: [&str; 3] = ["SCF_", "TENCENTCLOUD_", "_NIMBUS_"];
+    PREFIXES.iter().any(|p| key.starts_with(p)) || key == "_HANDLER" || key == "USER_CODE_ROOT"
+}
+
+/// The context object handed to the handler (SCF's keys; Python receives it as a dict).
+pub(crate) fn context(
+    config: &EngineConfig,
+    spec: &FunctionSpec,
+    request_id: &str,
+) -> serde_json::Value {
+    let mut visible: Vec<(&str, &str)> = vec![("SCF_NAMESPACE", spec.namespace.as_str())];
+    visible.extend(user_environment(spec));
+    let environment: serde_json::Map<String, serde_json::Value> = visible
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+        .collect();
+    let environ = visible
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(";");
+    serde_json::json!({
+        "memory_limit_in_mb": spec.memory_mb,
+        "time_limit_in_ms": u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+        "request_id": request_id,
+        "environment": serde_json::Value::Object(environment).to_string(),
+        "environ": environ,
+        "function_version": spec.version,
+        "function_name": spec.name,
+        "namespace": spec.namespace,
+        "tencentcloud_region": spec.region,
+        "tencentcloud_appid": config.app_id,
+        "tencentcloud_uin": config.uin,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn spec(environment: Vec<(&str, &str)>) -> FunctionSpec {
+        FunctionSpec {
+            namespace: "default".into(),
+            name: "hello".into(),
+            version: "$LATEST".into(),
+            revision: 1,
+            runtime: Runtime::Python3,
+            handler: "index.main_handler".into(),
+            code_dir: "/srv/code".into(),
+            memory_mb: 128,
+            timeout: Duration::from_secs(3),
+            environment: environment
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+            region: "ap-guangzhou".into(),
+        }
+    }
+
+    fn config() -> EngineConfig {
+        EngineConfig::new("/usr/bin/python3", "/tmp/rt")
+    }
+
+    #[test]
+    fn user_cannot_override_platform_variables() {
+        let spec = spec(vec![
+            ("SCF_FUNCTIONNAME", "evil"),
+            ("TENCENTCLOUD_REGION", "mars"),
+            ("_NIMBUS_LOG_TOKEN", "guess"),
+            ("_HANDLER", "x.y"),
+            ("PATH", "/opt/bin"),
+            ("MY_VAR", "1"),
+        ]);
+        let env = environment(&config(), &spec, Path::new("/srv/code"), "tok");
+        assert_eq!(env["SCF_FUNCTIONNAME"], "hello");
+        assert_eq!(env["TENCENTCLOUD_REGION"], "ap-guangzhou");
+        assert_eq!(env["_NIMBUS_LOG_TOKEN"], "tok");
+        assert_eq!(env["_HANDLER"], "index.main_handler");
+        assert_eq!(env["PATH"], "/opt/bin");
+        assert_eq!(env["MY_VAR"], "1");
+    }
+
+    #[test]
+    fn skips_unusable_variable_names() {
+        let spec = spec(vec![("A=B", "1"), ("", "2"), ("NUL", "a\0b")]);
+        let env = environment(&config(), &spec, Path::new("/srv/code"), "tok");
+        assert!(!env.contains_key("A=B") && !env.contains_key("") && !env.contains_key("NUL"));
+    }
+
+    #[test]
+    fn python_environment_points_at_code() {
+        let env = environment(&config(), &spec(vec![]), Path::new("/srv/code"), "tok");
+        assert_eq!(env["PYTHONPATH"], "/srv/code");
+        assert_eq!(env["USER_CODE_ROOT"], "/srv/code");
+        assert_eq!(env["TENCENTCLOUD_RUNENV"], "SCF");
+        assert_eq!(env["LC_ALL"], "C.UTF-8");
+    }
+
+    #[test]
+    fn context_lists_user_environment() {
+        let context = context(&config(), &spec(vec![("K", "V")]), "req-1");
+        assert_eq!(context["environ"], "SCF_NAMESPACE=default;K=V");
+        assert_eq!(
+            context["environment"],
+            r#"{"K":"V","SCF_NAMESPACE":"default"}"#
+        );
+        assert_eq!(context["time_limit_in_ms"], 3000);
+        assert_eq!(context["request_id"], "req-1");
+        assert_eq!(context["function_version"], "$LATEST");
+    }
+}

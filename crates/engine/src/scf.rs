@@ -1,0 +1,106 @@
+//! SCF function status codes and the JSON error object the engine reports for platform-side
+//! failures. The Python shim builds the same object for failures inside the instance (430, 437,
+//! 443), so every `err_msg` has one shape:
+//!
+//! ```text
+//! {"errorCode":-1,"errorMessage":"...","requestId":"...","statusCode":433}
+//! ```
+//! (plus `stackTrace` where there is one).
+
+use std::time::Duration;
+
+use crate::InvocationResult;
+
+/// The response is larger than SCF allows (6 MB).
+pub(crate) const RESPONSE_TOO_LARGE: u16 = 407;
+/// Concurrency exceeded.
+pub(crate) const CONCURRENCY_EXCEEDED: u16 = 432;
+/// Execution timed out.
+pub(crate) const TIME_LIMIT_REACHED: u16 = 433;
+/// The user process exited during the invocation.
+pub(crate) const PROCESS_EXITED: u16 = 439;
+/// The instance failed while starting.
+pub(crate) const CONTAINER_INIT_ERROR: u16 = 445;
+/// The instance did not start within the init timeout.
+pub(crate) const INIT_TIMEOUT: u16 = 450;
+/// Anything else that went wrong on the platform side.
+pub(crate) const INTERNAL_ERROR: u16 = 500;
+
+/// Largest return value SCF hands back: 6 MB.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
+
+/// A failed result with SCF's error object.
+pub(crate) fn failure(status_code: u16, request_id: &str, message: &str) -> InvocationResult {
+    let body = serde_json::json!({
+        "errorCode": -1,
+        "errorMessage": message,
+        "requestId": request_id,
+        "statusCode": status_code,
+    });
+    InvocationResult::Failed {
+        status_code,
+        err_msg: body.to_string(),
+    }
+}
+
+/// SCF's wording for a concurrency rejection.
+pub(crate) fn concurrency_message(function: &str, limit: u32) -> String {
+    format!("Function [ {function} ] concurrency exceeded: limit is {limit} instances")
+}
+
+/// SCF's wording for a timeout.
+pub(crate) fn timeout_message(timeout: Duration) -> String {
+    if timeout.subsec_nanos() == 0 {
+        format!(
+            "Invoking task timed out after {} seconds",
+            timeout.as_secs()
+        )
+    } else {
+        format!(
+            "Invoking task timed out after {:.3} seconds",
+            timeout.as_secs_f64()
+        )
+    }
+}
+
+/// SCF's wording for a process that died during an invocation.
+pub(crate) const PROCESS_EXITED_MESSAGE: &str = "User process exit when running";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_carries_scf_error_object() {
+        let InvocationResult::Failed {
+            status_code,
+            err_msg,
+        } = failure(433, "req-1", "late")
+        else {
+            panic!("expected a failure");
+        };
+        assert_eq!(status_code, 433);
+        let body: serde_json::Value = serde_json::from_str(&err_msg).expect("valid json");
+        assert_eq!(body["errorCode"], -1);
+        assert_eq!(body["errorMessage"], "late");
+        assert_eq!(body["requestId"], "req-1");
+        assert_eq!(body["statusCode"], 433);
+    }
+
+    #[test]
+    fn timeout_message_names_whole_seconds() {
+        assert_eq!(
+            timeout_message(Duration::from_secs(3)),
+            "Invoking task timed out after 3 seconds"
+        );
+        assert_eq!(
+            timeout_message(Duration::from_millis(1500)),
+            "Invoking task timed out after 1.500 seconds"
+        );
+    }
+
+    #[test]
+    fn concurrency_message_starts_like_scf() {
+        assert!(concurrency_message("f", 1).starts_with("Function [ f ] concurrency exceeded"));
+    }
+}

@@ -1,0 +1,772 @@
+//! The engine against a real Python 3: handlers written into temporary directories, invoked
+//! through the public API. Every test shuts its engine down, which reaps every instance.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nimbus_engine::{
+    Engine, EngineConfig, FunctionSpec, InvocationOutcome, InvocationRequest, InvocationResult,
+    Runtime, resolve_python,
+};
+use serde_json::Value;
+use tempfile::TempDir;
+
+/// A function's code directory and the engine's runtime directory, removed on drop.
+struct Fixture {
+    code: TempDir,
+    runtime: TempDir,
+}
+
+impl Fixture {
+    fn new(index_py: &str) -> Fixture {
+        Fixture::new_in(&std::env::temp_dir(), index_py)
+    }
+
+    fn new_in(parent: &Path, index_py: &str) -> Fixture {
+        let code = tempfile::tempdir_in(parent).expect("code dir");
+        std::fs::write(code.path().join("index.py"), index_py).expect("write handler");
+        Fixture {
+            code,
+            runtime: tempfile::tempdir_in(parent).expect("runtime dir"),
+        }
+    }
+
+    async fn config(&self) -> EngineConfig {
+        let python = resolve_python("python3").await.expect("python3 resolves");
+        EngineConfig::new(python, self.runtime.path())
+    }
+
+    async fn engine(&self) -> Engine {
+        Engine::new(self.config().await).expect("engine starts")
+    }
+
+    fn spec(&self, name: &str) -> FunctionSpec {
+        FunctionSpec {
+            namespace: "default".into(),
+            name: name.into(),
+            version: "$LATEST".into(),
+            revision: 1,
+            runtime: Runtime::Python3,
+            handler: "index.main_handler".into(),
+            code_dir: self.code.path().to_owned(),
+            memory_mb: 128,
+            timeout: Duration::from_secs(10),
+            environment: vec![("GREETING".into(), "hello".into())],
+            region: "ap-guangzhou".into(),
+        }
+    }
+}
+
+fn request(id: &str, event: Value) -> InvocationRequest {
+    InvocationRequest {
+        request_id: id.into(),
+        event: event.to_string(),
+    }
+}
+
+fn ret(outcome: &InvocationOutcome) -> Value {
+    match &outcome.result {
+        InvocationResult::Success { ret_msg } => {
+            serde_json::from_str(ret_msg).expect("ret_msg is JSON")
+        }
+        InvocationResult::Failed { err_msg, .. } => {
+            panic!("invocation failed: {err_msg}\nlog:\n{}", outcome.log)
+        }
+    }
+}
+
+fn error(outcome: &InvocationOutcome) -> (u16, Value) {
+    match &outcome.result {
+        InvocationResult::Failed {
+            status_code,
+            err_msg,
+        } => (
+            *status_code,
+            serde_json::from_str(err_msg).expect("err_msg is JSON"),
+        ),
+        InvocationResult::Success { ret_msg } => panic!("unexpected success: {ret_msg}"),
+    }
+}
+
+/// Gone or a zombie: no longer running.
+fn not_running(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+fn reaped(pid: u32) -> bool {
+    !Path::new(&format!("/proc/{pid}")).exists()
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    for _ in 0..250 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn pid_of(value: &Value) -> u32 {
+    let pid = value["pid"].as_u64().expect("pid in result");
+    u32::try_from(pid).expect("pid fits")
+}
+
+const ECHO: &str = r#"
+import json, os, sys
+def main_handler(event, context):
+    return {"event": event, "context": context, "pid": os.getpid(), "cwd": os.getcwd(),
+            "stdin": sys.stdin.read(),
+            "env": {k: os.environ.get(k) for k in [
+                "SCF_FUNCTIONNAME", "SCF_FUNCTIONVERSION", "SCF_NAMESPACE", "SCF_RUNTIME",
+                "TENCENTCLOUD_REGION", "TENCENTCLOUD_RUNENV", "TENCENTCLOUD_TZ", "GREETING",
+                "USER_CODE_ROOT", "PYTHONPATH", "_NIMBUS_LOG_TOKEN", "HOME", "CARGO"]}}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returns_handler_value_as_json() {
+    let fixture = Fixture::new(
+        "def main_handler(event, context):\n    return {'sum': event['a'] + event['b'], 'list': [1, 'x', None]}\n",
+    );
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(
+            &fixture.spec("adder"),
+            request("r1", serde_json::json!({"a": 2, "b": 3})),
+        )
+        .await;
+    assert_eq!(
+        ret(&outcome),
+        serde_json::json!({"sum": 5, "list": [1, "x", null]})
+    );
+    assert_eq!(outcome.request_id, "r1");
+    assert!(outcome.cold_start);
+    assert!(outcome.duration > Duration::ZERO);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_return_value_is_json_encoded() {
+    let fixture = Fixture::new("def main_handler(event, context):\n    return 'hi'\n");
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(&fixture.spec("s"), request("r1", Value::Null))
+        .await;
+    assert_eq!(
+        outcome.result,
+        InvocationResult::Success {
+            ret_msg: "\"hi\"".into()
+        }
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_context_and_environment_reach_handler() {
+    let fixture = Fixture::new(ECHO);
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("echo");
+    spec.environment
+        .push(("SCF_FUNCTIONNAME".into(), "spoofed".into()));
+    let event = serde_json::json!({"key": "value", "n": [1, 2]});
+    let outcome = engine
+        .invoke(&spec, request("req-ctx", event.clone()))
+        .await;
+    let value = ret(&outcome);
+
+    assert_eq!(value["event"], event);
+    let context = &value["context"];
+    assert_eq!(context["request_id"], "req-ctx");
+    assert_eq!(context["memory_limit_in_mb"], 128);
+    assert_eq!(context["time_limit_in_ms"], 10_000);
+    assert_eq!(context["function_name"], "echo");
+    assert_eq!(context["function_version"], "$LATEST");
+    assert_eq!(context["namespace"], "default");
+    assert_eq!(context["tencentcloud_region"], "ap-guangzhou");
+    assert!(context["tencentcloud_appid"].is_string());
+    assert!(context["tencentcloud_uin"].is_string());
+    assert_eq!(context["environ"], "SCF_NAMESPACE=default;GREETING=hello");
+    let environment: Value =
+        serde_json::from_str(context["environment"].as_str().expect("string")).expect("json");
+    assert_eq!(environment["GREETING"], "hello");
+
+    let env = &value["env"];
+    let code_dir = fixture.code.path().to_str().expect("utf-8 path");
+    assert_eq!(env["SCF_FUNCTIONNAME"], "echo");
+    assert_eq!(env["SCF_FUNCTIONVERSION"], "$LATEST");
+    assert_eq!(env["SCF_NAMESPACE"], "default");
+    assert!(
+        env["SCF_RUNTIME"]
+            .as_str()
+            .expect("set")
+            .starts_with("Python3.")
+    );
+    assert_eq!(env["TENCENTCLOUD_REGION"], "ap-guangzhou");
+    assert_eq!(env["TENCENTCLOUD_RUNENV"], "SCF");
+    assert_eq!(env["TENCENTCLOUD_TZ"], "UTC");
+    assert_eq!(env["GREETING"], "hello");
+    assert_eq!(env["USER_CODE_ROOT"], code_dir);
+    assert_eq!(env["PYTHONPATH"], code_dir);
+    assert_eq!(env["HOME"], "/tmp");
+    assert_eq!(env["_NIMBUS_LOG_TOKEN"], Value::Null);
+    assert_eq!(env["CARGO"], Value::Null, "the engine's environment leaked");
+    assert_eq!(value["cwd"], code_dir);
+    assert_eq!(value["stdin"], "");
+    engine.shutdown().await;
+}
+
+const COUNTER: &str = r#"
+import os
+count = 0
+def main_handler(event, context):
+    global count
+    count += 1
+    return {"count": count, "pid": os.getpid()}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_instance_keeps_module_state() {
+    let fixture = Fixture::new(COUNTER);
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("counter");
+    let first = engine.invoke(&spec, request("r1", Value::Null)).await;
+    let second = engine.invoke(&spec, request("r2", Value::Null)).await;
+    assert_eq!(ret(&first)["count"], 1);
+    assert_eq!(ret(&second)["count"], 2);
+    assert!(first.cold_start);
+    assert!(!second.cold_start);
+    assert_eq!(pid_of(&ret(&first)), pid_of(&ret(&second)));
+    assert_eq!(engine.live_instances(), 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revision_bump_starts_fresh_instance() {
+    let fixture = Fixture::new(COUNTER);
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("counter");
+    let first = engine.invoke(&spec, request("r1", Value::Null)).await;
+    spec.revision = 2;
+    let second = engine.invoke(&spec, request("r2", Value::Null)).await;
+    assert_eq!(ret(&second)["count"], 1);
+    assert!(second.cold_start);
+    assert!(reaped(pid_of(&ret(&first))));
+    assert_eq!(engine.live_instances(), 1);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_is_430_with_stack_trace() {
+    let fixture = Fixture::new("def main_handler(event, context):\n    raise ValueError('boom')\n");
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(&fixture.spec("raiser"), request("r-exc", Value::Null))
+        .await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 430);
+    assert_eq!(body["statusCode"], 430);
+    assert_eq!(body["errorCode"], -1);
+    assert_eq!(body["requestId"], "r-exc");
+    assert_eq!(body["errorMessage"], "user code exception caught");
+    let trace = body["stackTrace"].as_str().expect("stack trace");
+    assert!(trace.contains("ValueError: boom"), "{trace}");
+    assert!(trace.contains("index.py"), "{trace}");
+    assert!(outcome.log.contains("ValueError: boom"), "{}", outcome.log);
+
+    // The instance survives a user exception.
+    let again = engine
+        .invoke(&fixture.spec("raiser"), request("r2", Value::Null))
+        .await;
+    assert!(!again.cold_start);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unserialisable_return_value_is_430() {
+    let fixture = Fixture::new("def main_handler(event, context):\n    return {1, 2}\n");
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(&fixture.spec("set"), request("r1", Value::Null))
+        .await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 430);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(message.contains("not JSON serializable"), "{message}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_handler_file_is_437() {
+    let fixture = Fixture::new("def main_handler(event, context):\n    return 1\n");
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("nofile");
+    spec.handler = "missing.main_handler".into();
+    let outcome = engine.invoke(&spec, request("r1", Value::Null)).await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 437);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(message.contains("'missing'"), "{message}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_handler_function_is_437() {
+    let fixture = Fixture::new("def other(event, context):\n    return 1\n");
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(&fixture.spec("nofunc"), request("r1", Value::Null))
+        .await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 437);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(
+        message.contains("module 'index' has no attribute 'main_handler'"),
+        "{message}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exception_at_import_is_443_and_import_is_retried() {
+    let fixture = Fixture::new(
+        "import os\nif not os.path.exists('fixed'):\n    raise RuntimeError('at import')\n\
+         def main_handler(event, context):\n    return 'imported'\n",
+    );
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("badimport");
+    let outcome = engine.invoke(&spec, request("r1", Value::Null)).await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 443);
+    let trace = body["stackTrace"].as_str().expect("stack trace");
+    assert!(trace.contains("RuntimeError: at import"), "{trace}");
+
+    std::fs::write(fixture.code.path().join("fixed"), "").expect("write");
+    let retried = engine.invoke(&spec, request("r2", Value::Null)).await;
+    assert_eq!(ret(&retried), "imported");
+    assert!(!retried.cold_start);
+    engine.shutdown().await;
+}
+
+const PRINTER: &str = r#"
+import sys
+def main_handler(event, context):
+    print("out:" + event["msg"])
+    print("err:" + event["msg"], file=sys.stderr)
+    sys.stdout.write("tail:" + event["msg"])
+    return event["msg"]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prints_land_in_their_own_invocation_log() {
+    let fixture = Fixture::new(PRINTER);
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("printer");
+    let first = engine
+        .invoke(&spec, request("r1", serde_json::json!({"msg": "first"})))
+        .await;
+    let second = engine
+        .invoke(&spec, request("r2", serde_json::json!({"msg": "second"})))
+        .await;
+
+    for (outcome, own, other) in [(&first, "first", "second"), (&second, "second", "first")] {
+        assert!(
+            outcome.log.contains(&format!("out:{own}\n")),
+            "{}",
+            outcome.log
+        );
+        assert!(
+            outcome.log.contains(&format!("err:{own}\n")),
+            "{}",
+            outcome.log
+        );
+        assert!(
+            outcome.log.contains(&format!("tail:{own}\n")),
+            "{}",
+            outcome.log
+        );
+        assert!(!outcome.log.contains(other), "{}", outcome.log);
+        assert!(!outcome.log.contains("nimbus-end"), "{}", outcome.log);
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_is_framed_like_scf() {
+    let fixture = Fixture::new(PRINTER);
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(
+            &fixture.spec("printer"),
+            request("req-7", serde_json::json!({"msg": "x"})),
+        )
+        .await;
+    let lines: Vec<&str> = outcome.log.lines().collect();
+    assert_eq!(lines.first(), Some(&"START RequestId: req-7"));
+    assert_eq!(lines[lines.len() - 2], "END RequestId: req-7");
+    let report = lines[lines.len() - 1];
+    assert!(
+        report.starts_with("Report RequestId: req-7 Duration:"),
+        "{report}"
+    );
+    assert!(report.contains("ms Memory:128MB MemUsage:"), "{report}");
+    let duration = report
+        .split("Duration:")
+        .nth(1)
+        .and_then(|rest| rest.split("ms").next())
+        .expect("duration");
+    assert_eq!(
+        duration.split('.').nth(1).map(str::len),
+        Some(3),
+        "{report}"
+    );
+    let usage = report.rsplit("MemUsage:").next().expect("usage");
+    let usage = usage.strip_suffix("MB").expect("MB suffix");
+    assert_eq!(usage.split('.').nth(1).map(str::len), Some(6), "{report}");
+    assert!(outcome.log.ends_with('\n'));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_is_capped_and_says_so() {
+    let fixture = Fixture::new(
+        "def main_handler(event, context):\n    print('\u{e9}' * 200000)\n    return 1\n",
+    );
+    let mut config = fixture.config().await;
+    config.log_limit_bytes = 4096;
+    let engine = Engine::new(config).expect("engine");
+    let spec = fixture.spec("loud");
+    let outcome = engine.invoke(&spec, request("r1", Value::Null)).await;
+    assert_eq!(ret(&outcome), 1);
+    assert!(outcome.log.len() <= 4096, "{}", outcome.log.len());
+    assert!(outcome.log.contains("log truncated"));
+    assert!(
+        outcome
+            .log
+            .lines()
+            .last()
+            .is_some_and(|l| l.starts_with("Report "))
+    );
+    // The marker was still found past the cap, so the instance stays warm.
+    let again = engine.invoke(&spec, request("r2", Value::Null)).await;
+    assert!(!again.cold_start);
+    engine.shutdown().await;
+}
+
+const SLEEPER: &str = r#"
+import os, subprocess, sys, time
+def main_handler(event, context):
+    if event.get("spawn"):
+        child = subprocess.Popen(["sleep", "30"])
+        print("child", child.pid, flush=True)
+    print("pid", os.getpid(), flush=True)
+    if event.get("mark"):
+        with open(event["mark"] + ".tmp", "w") as mark:
+            mark.write(str(os.getpid()))
+        os.rename(event["mark"] + ".tmp", event["mark"])
+    time.sleep(event.get("sleep", 0))
+    return {"pid": os.getpid()}
+"#;
+
+fn printed_pid(log: &str, label: &str) -> u32 {
+    log.lines()
+        .find_map(|line| line.strip_prefix(&format!("{label} ")))
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}` line in log:\n{log}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_is_433_and_kills_process_group() {
+    let fixture = Fixture::new(SLEEPER);
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("sleeper");
+    spec.timeout = Duration::from_secs(1);
+    let event = serde_json::json!({"sleep": 30, "spawn": true});
+    let outcome = engine.invoke(&spec, request("r1", event)).await;
+
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 433);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(message.contains("timed out after 1 seconds"), "{message}");
+    assert!(outcome.log.contains("timed out"), "{}", outcome.log);
+    let pid = printed_pid(&outcome.log, "pid");
+    let child = printed_pid(&outcome.log, "child");
+    assert!(reaped(pid), "instance {pid} still exists");
+    eventually("the handler's child is killed", || not_running(child)).await;
+    assert_eq!(engine.live_instances(), 0);
+
+    let next = engine
+        .invoke(&spec, request("r2", serde_json::json!({})))
+        .await;
+    assert!(next.cold_start);
+    assert_ne!(pid_of(&ret(&next)), pid);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_exit_mid_call_is_439_and_next_call_works() {
+    let fixture = Fixture::new(
+        "import os\ndef main_handler(event, context):\n    if event.get('exit'):\n        \
+         print('leaving', flush=True)\n        os._exit(3)\n    return 'fine'\n",
+    );
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("quitter");
+    let outcome = engine
+        .invoke(&spec, request("r1", serde_json::json!({"exit": true})))
+        .await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 439);
+    assert_eq!(body["errorMessage"], "User process exit when running");
+    assert!(outcome.log.contains("leaving"), "{}", outcome.log);
+    assert_eq!(engine.live_instances(), 0);
+
+    let next = engine
+        .invoke(&spec, request("r2", serde_json::json!({})))
+        .await;
+    assert_eq!(ret(&next), "fine");
+    assert!(next.cold_start);
+    engine.shutdown().await;
+}
+
+/// Starts a sleeping invocation and waits until its handler is running.
+async fn start_sleeping(
+    engine: &Engine,
+    spec: &FunctionSpec,
+    dir: &Path,
+    seconds: u64,
+) -> tokio::task::JoinHandle<InvocationOutcome> {
+    let mark = dir.join(format!("started-{}", spec.name));
+    let event = serde_json::json!({"sleep": seconds, "mark": mark});
+    let task = {
+        let engine = engine.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move { engine.invoke(&spec, request("slow", event)).await })
+    };
+    eventually("the handler started", || mark.exists()).await;
+    task
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_limit_rejects_at_once() {
+    let fixture = Fixture::new(SLEEPER);
+    let mut config = fixture.config().await;
+    config.default_concurrency = 1;
+    let engine = Engine::new(config).expect("engine");
+    let spec = fixture.spec("busy");
+    let slow = start_sleeping(&engine, &spec, fixture.runtime.path(), 2).await;
+
+    let rejected = engine
+        .invoke(&spec, request("r2", serde_json::json!({})))
+        .await;
+    assert!(
+        !slow.is_finished(),
+        "the rejection waited for the running invocation"
+    );
+    let (status, body) = error(&rejected);
+    assert_eq!(status, 432);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(
+        message.starts_with("Function [ busy ] concurrency exceeded"),
+        "{message}"
+    );
+
+    let finished = slow.await.expect("task");
+    assert!(matches!(finished.result, InvocationResult::Success { .. }));
+    let after = engine
+        .invoke(&spec, request("r3", serde_json::json!({})))
+        .await;
+    assert!(!after.cold_start);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_stops_idle_instances() {
+    let fixture = Fixture::new(COUNTER);
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("counter");
+    let outcome = engine.invoke(&spec, request("r1", Value::Null)).await;
+    let pid = pid_of(&ret(&outcome));
+    assert_eq!(engine.live_instances(), 1);
+
+    engine.retire("default", "counter").await;
+    assert_eq!(engine.live_instances(), 0);
+    assert!(reaped(pid));
+    let next = engine.invoke(&spec, request("r2", Value::Null)).await;
+    assert!(next.cold_start);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_lets_running_invocation_finish_then_stops_it() {
+    let fixture = Fixture::new(SLEEPER);
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("retiring");
+    let slow = start_sleeping(&engine, &spec, fixture.runtime.path(), 1).await;
+
+    engine.retire("default", "retiring").await;
+    let finished = slow.await.expect("task");
+    let pid = pid_of(&ret(&finished));
+    assert_eq!(engine.live_instances(), 0);
+    assert!(reaped(pid));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_kills_and_reaps_every_instance() {
+    let fixture = Fixture::new(SLEEPER);
+    let engine = fixture.engine().await;
+    let idle = engine
+        .invoke(&fixture.spec("idle"), request("r1", serde_json::json!({})))
+        .await;
+    let idle_pid = pid_of(&ret(&idle));
+    let running = start_sleeping(
+        &engine,
+        &fixture.spec("running"),
+        fixture.runtime.path(),
+        60,
+    )
+    .await;
+
+    engine.shutdown().await;
+    let interrupted = running.await.expect("task");
+    let running_pid = printed_pid(&interrupted.log, "pid");
+    assert_eq!(interrupted.result.status_code(), 439);
+    assert_eq!(engine.live_instances(), 0);
+    assert!(reaped(idle_pid));
+    assert!(reaped(running_pid));
+
+    let refused = engine
+        .invoke(&fixture.spec("idle"), request("r3", serde_json::json!({})))
+        .await;
+    assert_eq!(refused.result.status_code(), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_invocation_frees_its_slot_and_process() {
+    let fixture = Fixture::new(SLEEPER);
+    let mut config = fixture.config().await;
+    config.default_concurrency = 1;
+    let engine = Engine::new(config).expect("engine");
+    let spec = fixture.spec("abandoned");
+    let slow = start_sleeping(&engine, &spec, fixture.runtime.path(), 60).await;
+    slow.abort();
+    assert!(slow.await.is_err_and(|err| err.is_cancelled()));
+    assert_eq!(engine.live_instances(), 0);
+
+    let next = engine
+        .invoke(&spec, request("r2", serde_json::json!({})))
+        .await;
+    assert!(next.cold_start);
+    assert!(matches!(next.result, InvocationResult::Success { .. }));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_instance_expires_after_keep_alive() {
+    let fixture = Fixture::new(COUNTER);
+    let mut config = fixture.config().await;
+    config.keep_alive = Duration::from_millis(200);
+    let engine = Engine::new(config).expect("engine");
+    let outcome = engine
+        .invoke(&fixture.spec("counter"), request("r1", Value::Null))
+        .await;
+    let pid = pid_of(&ret(&outcome));
+    eventually("the idle instance expired", || engine.live_instances() == 0).await;
+    eventually("the expired instance is reaped", || reaped(pid)).await;
+    engine.shutdown().await;
+}
+
+const ALLOCATOR: &str = r#"
+def main_handler(event, context):
+    block = b"x" * (event["mb"] * 1024 * 1024)
+    return len(block)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_usage_is_measured_per_invocation() {
+    const MB: u64 = 1024 * 1024;
+    let fixture = Fixture::new(ALLOCATOR);
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("allocator");
+    let small = engine
+        .invoke(&spec, request("r1", serde_json::json!({"mb": 0})))
+        .await;
+    let large = engine
+        .invoke(&spec, request("r2", serde_json::json!({"mb": 50})))
+        .await;
+    let small_again = engine
+        .invoke(&spec, request("r3", serde_json::json!({"mb": 0})))
+        .await;
+    for outcome in [&small, &large, &small_again] {
+        assert!(matches!(outcome.result, InvocationResult::Success { .. }));
+    }
+
+    assert!(small.mem_usage_bytes > 0);
+    assert!(
+        large.mem_usage_bytes >= small.mem_usage_bytes + 45 * MB,
+        "{} vs {}",
+        large.mem_usage_bytes,
+        small.mem_usage_bytes
+    );
+    assert!(
+        small_again.mem_usage_bytes + 45 * MB <= large.mem_usage_bytes,
+        "the peak was not reset between invocations"
+    );
+    engine.shutdown().await;
+}
+
+const HELPER_DIR_VAR: &str = "NIMBUS_ENGINE_TEST_HELPER_DIR";
+
+/// Run by `instances_die_with_the_engine_process` in a separate process, which it then kills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "helper process of instances_die_with_the_engine_process"]
+async fn helper_engine_process() {
+    let Some(dir) = std::env::var_os(HELPER_DIR_VAR) else {
+        return;
+    };
+    let dir = Path::new(&dir);
+    let fixture = Fixture::new_in(dir, SLEEPER);
+    let engine = fixture.engine().await;
+    let event = serde_json::json!({"sleep": 60, "mark": dir.join("instance-pid")});
+    engine
+        .invoke(&fixture.spec("orphan"), request("r1", event))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_die_with_the_engine_process() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut helper = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--ignored", "--exact", "helper_engine_process"])
+        .env(HELPER_DIR_VAR, dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("helper starts");
+    let pid_file = dir.path().join("instance-pid");
+    eventually("the helper's handler runs", || pid_file.exists()).await;
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .parse()
+        .expect("pid");
+
+    helper.kill().expect("kill helper");
+    helper.wait().expect("reap helper");
+    eventually("the orphaned instance is killed", || not_running(pid)).await;
+}
+
+#[tokio::test]
+async fn resolve_python_finds_real_interpreter() {
+    let python = resolve_python("python3").await.expect("python3 resolves");
+    assert!(python.is_absolute());
+    assert!(python.exists());
+    assert!(
+        !python.to_string_lossy().contains("shims"),
+        "{}",
+        python.display()
+    );
+}
