@@ -57,12 +57,6 @@ class Legacy:
             "SignatureMethod": signature_method,
         }
 
-    def with_options(self, **changes):
-        """A copy of this client with other config values (method, SignatureMethod, secretKey...)."""
-        other = Legacy(self.host, self.config["secretId"], self.config["secretKey"])
-        other.config = dict(self.config, **changes)
-        return other
-
     def call(self, action, params=None, **more):
         # `Scf.requestHost` is a class attribute that wins over config['endpoint'] (§5.1); set it
         # on every call because several servers may be alive in one session.
@@ -271,6 +265,23 @@ def poll(fetch, done, timeout=10.0, interval=0.1):
         if done(result) or time.monotonic() >= deadline:
             return result
         time.sleep(interval)
+
+
+UNFINISHED_STATUSES = {"RUNNING", "PENDING", "QUEUED", "WAITING", "ACCEPTED"}
+
+
+def finished_log(api, name, request_id, timeout=15.0):
+    """Polls GetFunctionLogs for `request_id` until its record exists and is no longer in
+    progress (a record may show up while the run is still going, with a RUNNING status)."""
+
+    def done(resp):
+        return resp["total"] >= 1 and resp["data"][0].get("status") not in UNFINISHED_STATUSES
+
+    resp = poll(lambda: assert_ok(api.logs(name, requestId=request_id)), done, timeout=timeout)
+    assert resp["total"] == 1, resp
+    entry = resp["data"][0]
+    assert entry.get("status") not in UNFINISHED_STATUSES, f"still unfinished: {entry!r}"
+    return entry
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import TOOLBOX, assert_ok, poll, unique_name
+from helpers import TOOLBOX, assert_ok, finished_log, poll, unique_name
 from nimbus_server import clean_env, nimbus_bin
 
 CLI_TIMEOUT_S = 60
@@ -27,7 +27,8 @@ def run_cli(server, *args, use_env=True, secret_key=None):
         argv = [nimbus_bin(), *args]
     else:
         env = clean_env()
-        flags = ["--endpoint", server.endpoint, "--secret-id", server.secret_id, "--secret-key", key]
+        flags = ["--endpoint", server.endpoint, "--secret-id", server.secret_id]
+        flags += ["--secret-key", key]
         argv = [nimbus_bin(), args[0], *flags, *args[1:]]
     return subprocess.run(
         argv,
@@ -40,7 +41,9 @@ def run_cli(server, *args, use_env=True, secret_key=None):
 
 
 def ok(result):
-    assert result.returncode == 0, f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    assert result.returncode == 0, (
+        f"exit {result.returncode}\nstdout: {result.stdout}\nstderr: {result.stderr}"
+    )
     return result
 
 
@@ -136,14 +139,12 @@ def test_invoke_unknown_function_fails(server):
 
 def test_invoke_async_prints_a_request_id_that_shows_up_in_logs(server, api, deployed):
     result = ok(run_cli(server, "invoke", deployed, "--async", "--event", '{"z": 26}'))
-    resp = poll(
-        lambda: assert_ok(api.logs(deployed)),
-        lambda r: r["total"] >= 1,
-        timeout=15,
-    )
+    resp = poll(lambda: assert_ok(api.logs(deployed)), lambda r: r["total"] >= 1, timeout=15)
     assert resp["total"] == 1, resp
     request_id = resp["data"][0]["requestId"]
     assert request_id in result.stdout
+    entry = finished_log(api, deployed, request_id)
+    assert json.loads(entry["retMsg"]) == {"z": 26}
 
 
 def test_logs_lists_the_request_ids(server, api, deployed):
@@ -207,3 +208,19 @@ def test_unreachable_endpoint_fails():
     )
     assert result.returncode != 0
     assert result.stderr.strip()
+
+
+def test_connection_flags_are_global(server, deployed):
+    # The contract calls --endpoint/--secret-id/--secret-key global flags: they may also come
+    # before the subcommand.
+    flags = ["--endpoint", server.endpoint, "--secret-id", server.secret_id]
+    flags += ["--secret-key", server.secret_key]
+    result = subprocess.run(
+        [nimbus_bin(), *flags, "invoke", deployed, "--event", '{"g": 1}'],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        timeout=CLI_TIMEOUT_S,
+    )
+    assert json.loads(ok(result).stdout) == {"g": 1}

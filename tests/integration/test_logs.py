@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from helpers import DATETIME_RE, assert_error, assert_ok, invoke_data, poll, toolbox_zip, unique_name
+from helpers import (
+    DATETIME_RE,
+    assert_error,
+    assert_ok,
+    invoke_data,
+    poll,
+    toolbox_zip,
+    unique_name,
+)
 
 INVALID = "InvalidParameter"
 

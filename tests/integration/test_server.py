@@ -19,6 +19,7 @@ from helpers import (
     RawClient,
     assert_error,
     assert_ok,
+    finished_log,
     invoke_data,
     poll,
     py_zip,
@@ -130,7 +131,7 @@ def test_functions_and_logs_survive_a_restart(server_factory):
     )
     sync_id = invoke_data(api.invoke(name, {"return": "count"}))["requestId"]
     async_id = assert_ok(api.invoke(name, {"k": 1}, invokeType="Event"))["data"]["requestId"]
-    poll(lambda: assert_ok(api.logs(name, requestId=async_id)), lambda r: r["total"] == 1)
+    finished_log(api, name, async_id)
     before = assert_ok(api.get(name, code=1))["data"]
     total_before = assert_ok(api.list())["data"]["total"]
     first.stop()
@@ -184,7 +185,7 @@ def test_first_start_without_credentials_generates_a_pair(server_factory):
     listening = next(i for i, line in enumerate(server.stdout_lines) if LISTENING_RE.match(line))
     announced = [
         line for line in server.stdout_lines[:listening]
-        if creds["secret_id"] in line and str(path) in line
+        if creds["secret_id"] in line and (str(path) in line or str(path.resolve()) in line)
     ]
     assert announced, server.stdout_lines
     assert not any(creds["secret_key"] in line for line in server.stdout_lines)

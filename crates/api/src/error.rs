@@ -52,6 +52,41 @@ pub enum ApiError {
     /// The function exists already.
     #[error("function {0} already exists")]
     FunctionExists(String),
+    /// A parameter this action does not know.
+    #[error("parameter {0} is not known for this action")]
+    UnknownParameter(String),
+    /// The API version is not one this server speaks.
+    #[error("version {0:?} is not supported; use 2018-04-16")]
+    NoSuchVersion(String),
+    /// The `Authorization` header cannot be parsed.
+    #[error("invalid Authorization header: {0}")]
+    InvalidAuthorization(String),
+    /// No such namespace.
+    #[error("namespace {0} does not exist")]
+    NamespaceNotFound(String),
+    /// The namespace exists already.
+    #[error("namespace {0} already exists")]
+    NamespaceExists(String),
+    /// The namespace cannot be deleted.
+    #[error("namespace {namespace} cannot be deleted: {reason}")]
+    NamespaceNotDeletable {
+        /// The namespace.
+        namespace: String,
+        /// Why not.
+        reason: &'static str,
+    },
+    /// No such version or alias.
+    #[error("qualifier {0:?} does not exist; only $LATEST is served")]
+    QualifierNotFound(String),
+    /// No async event with that request id.
+    #[error("async event {0} does not exist")]
+    AsyncEventNotFound(String),
+    /// The async event is not in a state that allows the operation.
+    #[error("async event {0} has already finished")]
+    AsyncEventFinished(String),
+    /// The queue cannot take more events now.
+    #[error("{0}")]
+    QueueFull(String),
     /// The function was changed by another request at the same time.
     #[error("function {0} was changed by another request; retry")]
     FunctionBusy(String),
@@ -75,6 +110,16 @@ impl ApiError {
             ApiError::FunctionNotFound(_) => "ResourceNotFound.Function",
             ApiError::FunctionExists(_) => "ResourceInUse.Function",
             ApiError::FunctionBusy(_) => "FailedOperation.FunctionStatusError",
+            ApiError::UnknownParameter(_) => "UnknownParameter",
+            ApiError::NoSuchVersion(_) => "NoSuchVersion",
+            ApiError::InvalidAuthorization(_) => "AuthFailure.InvalidAuthorization",
+            ApiError::NamespaceNotFound(_) => "ResourceNotFound.Namespace",
+            ApiError::NamespaceExists(_) => "ResourceInUse.Namespace",
+            ApiError::NamespaceNotDeletable { .. } => "FailedOperation.DeleteNamespace",
+            ApiError::QualifierNotFound(_) => "ResourceNotFound.Qualifier",
+            ApiError::AsyncEventNotFound(_) => "ResourceNotFound.AsyncEvent",
+            ApiError::AsyncEventFinished(_) => "FailedOperation.AsyncEventStatus",
+            ApiError::QueueFull(_) => "LimitExceeded.AsyncEvent",
             ApiError::Internal => "InternalError",
         }
     }
@@ -85,7 +130,17 @@ impl ApiError {
             ApiError::MissingParameter(_)
             | ApiError::InvalidParameter { .. }
             | ApiError::RequestTooLarge(_)
-            | ApiError::InvalidAction(_) => 4000,
+            | ApiError::InvalidAction(_)
+            | ApiError::UnknownParameter(_)
+            | ApiError::NoSuchVersion(_) => 4000,
+            ApiError::InvalidAuthorization(_) => 4100,
+            ApiError::QueueFull(_) => 4400,
+            ApiError::NamespaceNotFound(_)
+            | ApiError::QualifierNotFound(_)
+            | ApiError::AsyncEventNotFound(_) => 5000,
+            ApiError::NamespaceExists(_)
+            | ApiError::NamespaceNotDeletable { .. }
+            | ApiError::AsyncEventFinished(_) => 5100,
             ApiError::SignatureFailure => 4100,
             ApiError::SecretIdNotFound(_) => 4104,
             ApiError::SignatureExpire { .. } => 4200,
@@ -113,6 +168,11 @@ impl From<ControlError> for ApiError {
             ControlError::FunctionExists(name) => ApiError::FunctionExists(name),
             ControlError::FunctionNotFound(name) => ApiError::FunctionNotFound(name),
             ControlError::Conflict(name) => ApiError::FunctionBusy(name),
+            ControlError::NamespaceNotFound(name) => ApiError::NamespaceNotFound(name),
+            ControlError::NamespaceExists(name) => ApiError::NamespaceExists(name),
+            ControlError::NamespaceNotDeletable { namespace, reason } => {
+                ApiError::NamespaceNotDeletable { namespace, reason }
+            }
             error @ (ControlError::Store(_) | ControlError::Io(_)) => internal(&error),
         }
     }

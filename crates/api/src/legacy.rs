@@ -397,6 +397,7 @@ async fn get_function_logs(
         ascending: ascending(&params, false)?,
         offset,
         limit,
+        ..InvocationQuery::default()
     };
     let (total, records) = state.platform.list_invocations(query).await?;
     let entries: Vec<Value> = records

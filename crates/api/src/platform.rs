@@ -8,14 +8,19 @@
 //!                                    └─► background task: engine.invoke ─► record + forget event
 //! ```
 //!
+//! A running async event can be terminated: its task is told through a one-shot channel, drops
+//! the engine's invocation (which kills the instance) and records the event as `ABORTED`.
+//!
 //! # Limitations
 //! - Async events run once each; SCF's retry policy, dead letters and back-pressure are not
 //!   built yet. An event refused for concurrency (432) waits and tries again, for at most
 //!   [`CONCURRENCY_RETRY_LIMIT`].
+//! - Termination always kills at once; `GraceShutdown` (SIGTERM first) is not honoured.
 //! - Invocation records are written before a synchronous call answers (one small commit); a
 //!   batching writer would take that off the hot path.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nimbus_control::{Control, ControlError, FunctionSettings, Limits};
@@ -24,8 +29,9 @@ use nimbus_engine::{
 };
 use nimbus_store::{
     AsyncEvent, FunctionQuery, FunctionRecord, InvocationQuery, InvocationRecord, InvocationStatus,
-    InvokeType,
+    InvokeType, NamespaceRecord,
 };
+use tokio::sync::oneshot;
 use tracing::Instrument as _;
 
 use crate::error::{ApiError, internal};
@@ -38,6 +44,8 @@ pub const CONCURRENCY_RETRY_LIMIT: Duration = Duration::from_secs(600);
 pub enum Billing {
     /// Rounded up to the next 100 ms (legacy API 2.0).
     Per100Ms,
+    /// Rounded up to the next millisecond (API 3.0).
+    PerMs,
 }
 
 impl Billing {
@@ -47,10 +55,23 @@ impl Billing {
         let ms = micros.div_ceil(1000).max(1);
         let billed = match self {
             Billing::Per100Ms => ms.div_ceil(100) * 100,
+            Billing::PerMs => ms,
         };
         u64::try_from(billed).unwrap_or(u64::MAX)
     }
 }
+
+/// What this node allows, as `GetAccount` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AccountLimits {
+    /// Live instances per function.
+    pub concurrency: u32,
+    /// Memory of all live instances together, MB.
+    pub memory_budget_mb: u64,
+}
+
+/// A stop request for a running async event, answered once the event is recorded as aborted.
+type StopRequest = oneshot::Sender<oneshot::Sender<()>>;
 
 /// The services a request handler needs. Cheap to clone.
 #[derive(Clone)]
@@ -58,16 +79,31 @@ pub struct Platform {
     control: Control,
     engine: Arc<Engine>,
     region: String,
+    limits: AccountLimits,
+    /// Async events with a task, by request id.
+    running: Arc<Mutex<HashMap<String, StopRequest>>>,
 }
 
 impl Platform {
     /// Creates the service.
-    pub fn new(control: Control, engine: Arc<Engine>, region: String) -> Platform {
+    pub fn new(
+        control: Control,
+        engine: Arc<Engine>,
+        region: String,
+        limits: AccountLimits,
+    ) -> Platform {
         Platform {
             control,
             engine,
             region,
+            limits,
+            running: Arc::default(),
         }
+    }
+
+    /// The node's limits.
+    pub fn limits(&self) -> AccountLimits {
+        self.limits
     }
 
     /// Creates a function.
@@ -176,6 +212,109 @@ impl Platform {
             .map_err(|e| internal(&e))
     }
 
+    /// Creates a namespace.
+    ///
+    /// # Errors
+    /// `InvalidParameter`, `NamespaceExists` or `Internal`.
+    pub async fn create_namespace(
+        &self,
+        namespace: &str,
+        description: &str,
+    ) -> Result<(), ApiError> {
+        self.control
+            .create_namespace(namespace, description)
+            .await?;
+        tracing::info!(namespace, "namespace created");
+        Ok(())
+    }
+
+    /// Changes a namespace's description.
+    ///
+    /// # Errors
+    /// `InvalidParameter`, `NamespaceNotFound` or `Internal`.
+    pub async fn update_namespace(
+        &self,
+        namespace: &str,
+        description: &str,
+    ) -> Result<(), ApiError> {
+        Ok(self
+            .control
+            .update_namespace(namespace, description)
+            .await?)
+    }
+
+    /// Deletes an empty namespace.
+    ///
+    /// # Errors
+    /// `NamespaceNotDeletable`, `NamespaceNotFound` or `Internal`.
+    pub async fn delete_namespace(&self, namespace: &str) -> Result<(), ApiError> {
+        self.control.delete_namespace(namespace).await?;
+        tracing::info!(namespace, "namespace deleted");
+        Ok(())
+    }
+
+    /// Every namespace with its number of functions.
+    ///
+    /// # Errors
+    /// `Internal`.
+    pub async fn list_namespaces(&self) -> Result<Vec<(NamespaceRecord, u64)>, ApiError> {
+        Ok(self.control.list_namespaces().await?)
+    }
+
+    /// The record of an async invocation.
+    ///
+    /// # Errors
+    /// `AsyncEventNotFound` (also for a synchronous request id) or `Internal`.
+    pub async fn async_event(&self, request_id: &str) -> Result<InvocationRecord, ApiError> {
+        let record = self
+            .control
+            .store()
+            .get_invocation(request_id)
+            .await
+            .map_err(|e| internal(&e))?;
+        record
+            .filter(|r| r.invoke_type == InvokeType::Event)
+            .ok_or_else(|| ApiError::AsyncEventNotFound(request_id.to_owned()))
+    }
+
+    /// Stops a running async event; it is recorded as `ABORTED` before this returns.
+    ///
+    /// # Errors
+    /// `AsyncEventNotFound` (unknown, or of another function), `AsyncEventFinished`, or
+    /// `Internal`.
+    pub async fn terminate_async_event(
+        &self,
+        namespace: &str,
+        name: &str,
+        request_id: &str,
+    ) -> Result<(), ApiError> {
+        let record = self.async_event(request_id).await?;
+        if record.namespace != namespace || record.function_name != name {
+            return Err(ApiError::AsyncEventNotFound(request_id.to_owned()));
+        }
+        let stop = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(request_id);
+        let Some(stop) = stop else {
+            return Err(ApiError::AsyncEventFinished(request_id.to_owned()));
+        };
+        let (done, recorded) = oneshot::channel();
+        if stop.send(done).is_err() {
+            return Err(ApiError::AsyncEventFinished(request_id.to_owned()));
+        }
+        // The task answers once the ABORTED record is written (or drops `done` if the event
+        // finished in the same instant).
+        match recorded.await {
+            Ok(()) => {
+                tracing::info!(request_id, "async event terminated");
+                Ok(())
+            }
+            Err(_) => Err(ApiError::AsyncEventFinished(request_id.to_owned())),
+        }
+    }
+
     /// Runs an invocation and waits for it; the record is stored before this returns.
     ///
     /// # Errors
@@ -259,17 +398,53 @@ impl Platform {
     }
 
     fn spawn_async(&self, event: AsyncEvent, billing: Billing) {
+        let (stop, stopped) = oneshot::channel();
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(event.request_id.clone(), stop);
         let platform = self.clone();
         let span = tracing::info_span!(
             "async_invocation",
             request_id = %event.request_id,
             function = %event.function_name
         );
-        tokio::spawn(async move { platform.run_async(event, billing).await }.instrument(span));
+        tokio::spawn(
+            async move { platform.run_async(event, billing, stopped).await }.instrument(span),
+        );
     }
 
-    async fn run_async(&self, event: AsyncEvent, billing: Billing) {
+    async fn run_async(
+        &self,
+        event: AsyncEvent,
+        billing: Billing,
+        stopped: oneshot::Receiver<oneshot::Sender<()>>,
+    ) {
         let start_time = nimbus_store::now_ms();
+        let finished = tokio::select! {
+            entry = self.attempt_async(&event, billing, start_time) => entry.map(|e| (e, None)),
+            Ok(done) = stopped => Some((aborted_record(&event, start_time), Some(done))),
+        };
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&event.request_id);
+        let Some((entry, done)) = finished else {
+            return;
+        };
+        self.finish_async(entry).await;
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    /// Runs an async event to its final record (`None` when it must stay pending).
+    async fn attempt_async(
+        &self,
+        event: &AsyncEvent,
+        billing: Billing,
+        start_time: i64,
+    ) -> Option<InvocationRecord> {
         let record = match self
             .control
             .get_function(&event.namespace, &event.function_name)
@@ -277,14 +452,12 @@ impl Platform {
         {
             Ok(record) => record,
             Err(ControlError::FunctionNotFound(_)) => {
-                let entry = missing_function_record(&event, start_time);
-                self.finish_async(entry).await;
-                return;
+                return Some(missing_function_record(event, start_time));
             }
             Err(error) => {
                 // The event stays pending and runs again at the next start.
                 tracing::error!(error = %error, "async event could not be started");
-                return;
+                return None;
             }
         };
         let spec = self.spec(&record);
@@ -304,8 +477,13 @@ impl Platform {
             backoff = (backoff * 2).min(Duration::from_secs(5));
         };
         let bill_ms = billing.bill_ms(outcome.duration);
-        let entry = invocation_record(&record, &outcome, InvokeType::Event, start_time, bill_ms);
-        self.finish_async(entry).await;
+        Some(invocation_record(
+            &record,
+            &outcome,
+            InvokeType::Event,
+            start_time,
+            bill_ms,
+        ))
     }
 
     async fn finish_async(&self, entry: InvocationRecord) {
@@ -372,6 +550,7 @@ fn invocation_record(
         invoke_type,
         status,
         start_time,
+        end_time: nimbus_store::now_ms(),
         ret_code,
         ret_msg,
         err_msg,
@@ -383,20 +562,40 @@ fn invocation_record(
 }
 
 fn missing_function_record(event: &AsyncEvent, start_time: i64) -> InvocationRecord {
+    let message = format!(
+        "function {} was deleted before the event ran",
+        event.function_name
+    );
+    failed_event_record(event, start_time, InvocationStatus::Failed, 435, &message)
+}
+
+fn aborted_record(event: &AsyncEvent, start_time: i64) -> InvocationRecord {
+    let message = "the async event was terminated by request";
+    failed_event_record(event, start_time, InvocationStatus::Aborted, 499, message)
+}
+
+fn failed_event_record(
+    event: &AsyncEvent,
+    start_time: i64,
+    status: InvocationStatus,
+    status_code: i32,
+    message: &str,
+) -> InvocationRecord {
     let err_msg = serde_json::json!({
         "errorCode": -1,
-        "errorMessage": format!("function {} was deleted before the event ran", event.function_name),
+        "errorMessage": message,
         "requestId": event.request_id,
-        "statusCode": 435,
+        "statusCode": status_code,
     });
     InvocationRecord {
         request_id: event.request_id.clone(),
         namespace: event.namespace.clone(),
         function_name: event.function_name.clone(),
         invoke_type: InvokeType::Event,
-        status: InvocationStatus::Failed,
+        status,
         start_time,
-        ret_code: 435,
+        end_time: nimbus_store::now_ms(),
+        ret_code: status_code,
         ret_msg: String::new(),
         err_msg: err_msg.to_string(),
         duration_us: 0,
@@ -418,5 +617,14 @@ mod tests {
         assert_eq!(bill(100_000), 100);
         assert_eq!(bill(100_001), 200);
         assert_eq!(bill(2_345_678), 2400);
+    }
+
+    #[test]
+    fn api3_billing_rounds_up_to_the_millisecond() {
+        let bill = |micros| Billing::PerMs.bill_ms(Duration::from_micros(micros));
+        assert_eq!(bill(0), 1);
+        assert_eq!(bill(1_000), 1);
+        assert_eq!(bill(1_001), 2);
+        assert_eq!(bill(2_345_678), 2346);
     }
 }

@@ -16,6 +16,8 @@ use clap::{Args, Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    connection: Connection,
 }
 
 #[derive(Subcommand)]
@@ -25,9 +27,6 @@ enum Command {
         /// Address to listen on [default: 127.0.0.1:9000].
         #[arg(long)]
         listen: Option<String>,
-        /// Data directory [default: $NIMBUS_DATA_DIR, else ~/.local/share/nimbus].
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -54,8 +53,6 @@ enum Command {
         /// Environment variable KEY=VALUE (repeatable).
         #[arg(long = "env")]
         env: Vec<String>,
-        #[command(flatten)]
-        connection: Connection,
     },
     /// Invoke a function and print its return value.
     Invoke {
@@ -70,8 +67,6 @@ enum Command {
         /// Print the invocation's log (last 4 KB) to stderr.
         #[arg(long)]
         log: bool,
-        #[command(flatten)]
-        connection: Connection,
     },
     /// Print a function's latest invocations and their logs.
     Logs {
@@ -80,43 +75,53 @@ enum Command {
         /// How many invocations.
         #[arg(long, default_value_t = 20)]
         limit: u32,
-        #[command(flatten)]
-        connection: Connection,
     },
     /// List functions.
-    Functions {
-        #[command(flatten)]
-        connection: Connection,
-    },
+    Functions,
 }
 
 /// Where the client connects and with which credentials.
 #[derive(Args)]
 struct Connection {
-    /// Nimbus endpoint.
-    #[arg(long, env = "NIMBUS_ENDPOINT", default_value = "http://127.0.0.1:9000")]
+    /// Nimbus endpoint (client commands).
+    #[arg(
+        long,
+        global = true,
+        env = "NIMBUS_ENDPOINT",
+        default_value = "http://127.0.0.1:9000"
+    )]
     endpoint: String,
-    /// SecretId [default: from the data directory's credentials file].
-    #[arg(long, env = "NIMBUS_SECRET_ID")]
+    /// SecretId (client commands) [default: from the data directory's credentials file].
+    #[arg(long, global = true, env = "NIMBUS_SECRET_ID")]
     secret_id: Option<String>,
-    /// SecretKey [default: from the data directory's credentials file].
-    #[arg(long, env = "NIMBUS_SECRET_KEY", hide_env_values = true)]
+    /// SecretKey (client commands) [default: from the data directory's credentials file].
+    #[arg(long, global = true, env = "NIMBUS_SECRET_KEY", hide_env_values = true)]
     secret_key: Option<String>,
-    /// Data directory whose credentials file to use when none are given.
-    #[arg(long)]
+    /// Data directory: where `serve` keeps its state, and whose credentials file the client
+    /// commands use when none are given [default: $NIMBUS_DATA_DIR, else
+    /// $XDG_DATA_HOME/nimbus, else ~/.local/share/nimbus].
+    #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
 }
 
 impl Connection {
-    fn client(self) -> anyhow::Result<client::Client> {
-        let data_dir = self.data_dir.unwrap_or_else(config::Defaults::data_dir);
-        client::Client::new(&self.endpoint, self.secret_id, self.secret_key, &data_dir)
+    fn client(&self) -> anyhow::Result<client::Client> {
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(config::Defaults::data_dir);
+        client::Client::new(
+            &self.endpoint,
+            self.secret_id.clone(),
+            self.secret_key.clone(),
+            &data_dir,
+        )
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command, &cli.connection) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -126,13 +131,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<bool> {
+fn run(command: Command, connection: &Connection) -> anyhow::Result<bool> {
     match command {
-        Command::Serve {
-            listen,
-            data_dir,
-            config,
-        } => {
+        Command::Serve { listen, config } => {
+            let data_dir = connection.data_dir.clone();
             init_logging();
             let file = match config {
                 Some(path) => config::read_file(&path)?,
@@ -158,7 +160,6 @@ fn run(command: Command) -> anyhow::Result<bool> {
             memory,
             timeout,
             env,
-            connection,
         } => {
             let options = client::DeployOptions {
                 dir,
@@ -177,17 +178,12 @@ fn run(command: Command) -> anyhow::Result<bool> {
             event,
             is_async,
             log,
-            connection,
         } => client::invoke(&connection.client()?, &name, &event, is_async, log),
-        Command::Logs {
-            name,
-            limit,
-            connection,
-        } => {
+        Command::Logs { name, limit } => {
             client::logs(&connection.client()?, &name, limit)?;
             Ok(true)
         }
-        Command::Functions { connection } => {
+        Command::Functions => {
             client::functions(&connection.client()?)?;
             Ok(true)
         }
@@ -196,9 +192,9 @@ fn run(command: Command) -> anyhow::Result<bool> {
 
 /// Logs go to stderr (stdout carries the "listening" line); `RUST_LOG` filters them.
 fn init_logging() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use nimbus_api::{ApiState, Authenticator, Billing, Credential, Platform};
+use nimbus_api::{AccountLimits, ApiState, Authenticator, Billing, Credential, Platform};
 use nimbus_control::{CodeStore, Control};
 use nimbus_engine::{Engine, EngineConfig};
 use nimbus_store::Store;
@@ -61,7 +61,16 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .local_addr()
         .context("cannot read the bound address")?;
 
-    let platform = Platform::new(Control::new(store, code), engine, config.region.clone());
+    let limits = AccountLimits {
+        concurrency: config.concurrency,
+        memory_budget_mb: 0,
+    };
+    let platform = Platform::new(
+        Control::new(store, code),
+        engine,
+        config.region.clone(),
+        limits,
+    );
     let resumed = platform
         .resume_async_events(Billing::Per100Ms)
         .await

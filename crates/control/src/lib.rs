@@ -12,9 +12,8 @@
 //! Control knows nothing about instances; the caller retires warm instances after an update or
 //! delete.
 //!
-//! # Limitations
-//! - Namespaces are not registered anywhere yet: any valid namespace name is accepted and
-//!   springs into being with its first function.
+//! Namespaces must exist before a function is created in them; `default` always exists and
+//! cannot be deleted, and a namespace with functions cannot be deleted either.
 
 pub mod code;
 pub mod rules;
@@ -22,7 +21,9 @@ pub mod rules;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use nimbus_store::{FunctionQuery, FunctionRecord, Store, StoreError};
+use nimbus_store::{
+    DeleteNamespace, FunctionQuery, FunctionRecord, NamespaceRecord, Store, StoreError,
+};
 
 pub use code::CodeStore;
 pub use rules::{Limits, RuntimeFamily};
@@ -47,6 +48,20 @@ pub enum ControlError {
     /// No function of that name exists in the namespace.
     #[error("function {0} does not exist")]
     FunctionNotFound(String),
+    /// No namespace of that name exists.
+    #[error("namespace {0} does not exist")]
+    NamespaceNotFound(String),
+    /// A namespace of that name exists already.
+    #[error("namespace {0} already exists")]
+    NamespaceExists(String),
+    /// The namespace cannot be deleted (it is `default`, or functions live in it).
+    #[error("namespace {namespace} cannot be deleted: {reason}")]
+    NamespaceNotDeletable {
+        /// The namespace.
+        namespace: String,
+        /// Why not.
+        reason: &'static str,
+    },
     /// The function changed while this update was being prepared.
     #[error("function {0} was changed concurrently; retry")]
     Conflict(String),
@@ -277,6 +292,78 @@ impl Control {
         query: FunctionQuery,
     ) -> Result<(u64, Vec<FunctionRecord>), ControlError> {
         Ok(self.store.list_functions(query).await?)
+    }
+
+    /// Creates a namespace.
+    ///
+    /// # Errors
+    /// `Invalid` for a bad name or description, `NamespaceExists`, `Store`.
+    pub async fn create_namespace(
+        &self,
+        namespace: &str,
+        description: &str,
+    ) -> Result<NamespaceRecord, ControlError> {
+        rules::check_namespace(namespace)?;
+        rules::check_description(description)?;
+        let now = nimbus_store::now_ms();
+        let record = NamespaceRecord {
+            namespace: namespace.to_owned(),
+            description: description.to_owned(),
+            add_time: now,
+            mod_time: now,
+        };
+        if !self.store.insert_namespace(record.clone()).await? {
+            return Err(ControlError::NamespaceExists(namespace.to_owned()));
+        }
+        Ok(record)
+    }
+
+    /// Changes a namespace's description.
+    ///
+    /// # Errors
+    /// `Invalid`, `NamespaceNotFound`, `Store`.
+    pub async fn update_namespace(
+        &self,
+        namespace: &str,
+        description: &str,
+    ) -> Result<(), ControlError> {
+        rules::check_description(description)?;
+        let now = nimbus_store::now_ms();
+        if !self
+            .store
+            .update_namespace(namespace, description, now)
+            .await?
+        {
+            return Err(ControlError::NamespaceNotFound(namespace.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Deletes an empty namespace other than `default`.
+    ///
+    /// # Errors
+    /// `NamespaceNotDeletable`, `NamespaceNotFound`, `Store`.
+    pub async fn delete_namespace(&self, namespace: &str) -> Result<(), ControlError> {
+        let refuse = |reason| ControlError::NamespaceNotDeletable {
+            namespace: namespace.to_owned(),
+            reason,
+        };
+        if namespace == rules::DEFAULT_NAMESPACE {
+            return Err(refuse("the default namespace always exists"));
+        }
+        match self.store.delete_namespace(namespace).await? {
+            DeleteNamespace::Deleted => Ok(()),
+            DeleteNamespace::NotFound => Err(ControlError::NamespaceNotFound(namespace.to_owned())),
+            DeleteNamespace::NotEmpty => Err(refuse("delete its functions first")),
+        }
+    }
+
+    /// Every namespace with its number of functions.
+    ///
+    /// # Errors
+    /// `Store`.
+    pub async fn list_namespaces(&self) -> Result<Vec<(NamespaceRecord, u64)>, ControlError> {
+        Ok(self.store.list_namespaces().await?)
     }
 
     /// The source text of a function's handler file.

@@ -28,6 +28,24 @@ impl Limits {
         max_timeout_secs: 300,
         max_code_bytes: 5 * 1024 * 1024,
     };
+
+    /// API 3.0's limits: 64 MB or 128–3072 MB, timeout ≤ 900 s, code ≤ 50 MB at creation.
+    pub const API3: Limits = Limits {
+        min_memory_mb: 128,
+        max_memory_mb: 3072,
+        allow_64_mb: true,
+        max_timeout_secs: 900,
+        max_code_bytes: 50 * 1024 * 1024,
+    };
+
+    /// The same limits with another code size cap (API 3.0 takes 20 MB in
+    /// `UpdateFunctionCode`).
+    pub const fn with_code_limit(self, max_code_bytes: usize) -> Limits {
+        Limits {
+            max_code_bytes,
+            ..self
+        }
+    }
 }
 
 /// Default memory size in MB.
@@ -359,6 +377,19 @@ mod tests {
         assert!(check_timeout(300, &limits).is_ok());
         assert!(check_timeout(0, &limits).is_err());
         assert!(check_timeout(301, &limits).is_err());
+    }
+
+    #[test]
+    fn enforces_api3_memory_steps() {
+        let limits = Limits::API3;
+        for good in [64, 128, 256, 3072] {
+            assert!(check_memory(good, &limits).is_ok(), "{good}");
+        }
+        for bad in [32, 100, 192, 3200] {
+            assert!(check_memory(bad, &limits).is_err(), "{bad}");
+        }
+        assert!(check_timeout(900, &limits).is_ok());
+        assert!(check_timeout(901, &limits).is_err());
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! transaction that stores its final invocation record, so that a restart finds exactly the
 //! events that were accepted and not finished.
 
-use rusqlite::{Row, params};
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, Row, params};
 
 use crate::{Store, StoreError};
 
@@ -44,6 +45,8 @@ pub enum InvocationStatus {
     Finished,
     /// Finished with an error.
     Failed,
+    /// Stopped on request before it finished.
+    Aborted,
 }
 
 impl InvocationStatus {
@@ -53,6 +56,7 @@ impl InvocationStatus {
             InvocationStatus::Running => "RUNNING",
             InvocationStatus::Finished => "FINISHED",
             InvocationStatus::Failed => "FAILED",
+            InvocationStatus::Aborted => "ABORTED",
         }
     }
 
@@ -61,6 +65,7 @@ impl InvocationStatus {
             "RUNNING" => Ok(InvocationStatus::Running),
             "FINISHED" => Ok(InvocationStatus::Finished),
             "FAILED" => Ok(InvocationStatus::Failed),
+            "ABORTED" => Ok(InvocationStatus::Aborted),
             other => Err(StoreError::Corrupt(format!("invocation status {other:?}"))),
         }
     }
@@ -81,6 +86,8 @@ pub struct InvocationRecord {
     pub status: InvocationStatus,
     /// When the invocation started, Unix milliseconds.
     pub start_time: i64,
+    /// When it ended, Unix milliseconds (0 while running).
+    pub end_time: i64,
     /// 0 on success, else the SCF status code (430, 433, ...).
     pub ret_code: i32,
     /// JSON text of the return value ("" on failure).
@@ -98,10 +105,13 @@ pub struct InvocationRecord {
 }
 
 /// Sort key of [`Store::list_invocations`] (SCF's `orderby` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InvocationOrder {
     /// `start_time`
+    #[default]
     StartTime,
+    /// `end_time`
+    EndTime,
     /// `function_name`
     FunctionName,
     /// `request_id`
@@ -112,8 +122,22 @@ pub enum InvocationOrder {
     MemUsage,
 }
 
+/// Which return codes a listing keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RetCodeFilter {
+    /// All.
+    #[default]
+    Any,
+    /// Only successes (`ret_code = 0`).
+    Success,
+    /// Only failures (`ret_code != 0`).
+    Failure,
+    /// Only this status code.
+    Code(i32),
+}
+
 /// Parameters of [`Store::list_invocations`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct InvocationQuery {
     /// Namespace of the function.
     pub namespace: String,
@@ -121,6 +145,20 @@ pub struct InvocationQuery {
     pub function_name: String,
     /// Only this request.
     pub request_id: Option<String>,
+    /// Only these return codes.
+    pub ret_code: RetCodeFilter,
+    /// Only this invoke type.
+    pub invoke_type: Option<InvokeType>,
+    /// Only these statuses (all when empty).
+    pub statuses: Vec<InvocationStatus>,
+    /// Started at or after this time (Unix ms).
+    pub start_from: Option<i64>,
+    /// Started before this time (Unix ms).
+    pub start_until: Option<i64>,
+    /// Ended at or after this time (Unix ms).
+    pub end_from: Option<i64>,
+    /// Ended before this time (Unix ms).
+    pub end_until: Option<i64>,
     /// Sort key.
     pub order_by: InvocationOrder,
     /// Ascending when true.
@@ -147,7 +185,7 @@ pub struct AsyncEvent {
 }
 
 const COLUMNS: &str = "request_id, namespace, function_name, invoke_type, status, start_time, \
-     ret_code, ret_msg, err_msg, duration_us, bill_duration, mem_usage, log";
+     ret_code, ret_msg, err_msg, duration_us, bill_duration, mem_usage, log, end_time";
 
 type RawRecord = (InvocationRecord, String, String);
 
@@ -166,6 +204,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRecord> {
         bill_duration_ms: row.get(10)?,
         mem_usage: row.get(11)?,
         log: row.get(12)?,
+        end_time: row.get(13)?,
     };
     Ok((record, row.get(3)?, row.get(4)?))
 }
@@ -180,7 +219,7 @@ fn upsert(conn: &rusqlite::Connection, record: &InvocationRecord) -> rusqlite::R
     conn.execute(
         &format!(
             "INSERT OR REPLACE INTO invocations ({COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
         ),
         params![
             record.request_id,
@@ -196,6 +235,7 @@ fn upsert(conn: &rusqlite::Connection, record: &InvocationRecord) -> rusqlite::R
             record.bill_duration_ms,
             record.mem_usage,
             record.log,
+            record.end_time,
         ],
     )
 }
@@ -284,6 +324,28 @@ impl Store {
         .await
     }
 
+    /// Reads one invocation record by request id.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`] or [`StoreError::Corrupt`].
+    pub async fn get_invocation(
+        &self,
+        request_id: &str,
+    ) -> Result<Option<InvocationRecord>, StoreError> {
+        let request_id = request_id.to_owned();
+        self.with(move |conn| {
+            let row = conn
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM invocations WHERE request_id = ?1"),
+                    params![request_id],
+                    from_row,
+                )
+                .optional()?;
+            row.map(decode).transpose()
+        })
+        .await
+    }
+
     /// Lists a function's invocation records: the requested page and the total count.
     ///
     /// # Errors
@@ -293,42 +355,84 @@ impl Store {
         query: InvocationQuery,
     ) -> Result<(u64, Vec<InvocationRecord>), StoreError> {
         self.with(move |conn| {
-            let filter = "WHERE namespace = ?1 AND function_name = ?2 \
-                          AND (?3 IS NULL OR request_id = ?3)";
+            let (filter, mut values) = filter_clause(&query);
             let total: u64 = conn.query_row(
                 &format!("SELECT COUNT(*) FROM invocations {filter}"),
-                params![query.namespace, query.function_name, query.request_id],
+                rusqlite::params_from_iter(values.iter()),
                 |row| row.get(0),
             )?;
             let column = match query.order_by {
                 InvocationOrder::StartTime => "start_time",
+                InvocationOrder::EndTime => "end_time",
                 InvocationOrder::FunctionName => "function_name",
                 InvocationOrder::RequestId => "request_id",
                 InvocationOrder::Duration => "duration_us",
                 InvocationOrder::MemUsage => "mem_usage",
             };
             let direction = if query.ascending { "ASC" } else { "DESC" };
+            values.push(Value::Integer(i64::from(query.limit)));
+            values.push(Value::Integer(i64::from(query.offset)));
+            let n = values.len();
             let mut statement = conn.prepare(&format!(
                 "SELECT {COLUMNS} FROM invocations {filter} \
-                 ORDER BY {column} {direction}, rowid {direction} LIMIT ?4 OFFSET ?5"
+                 ORDER BY {column} {direction}, rowid {direction} LIMIT ?{} OFFSET ?{n}",
+                n - 1
             ))?;
             let rows = statement
-                .query_map(
-                    params![
-                        query.namespace,
-                        query.function_name,
-                        query.request_id,
-                        query.limit,
-                        query.offset
-                    ],
-                    from_row,
-                )?
+                .query_map(rusqlite::params_from_iter(values.iter()), from_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             let records = rows.into_iter().map(decode).collect::<Result<_, _>>()?;
             Ok((total, records))
         })
         .await
     }
+}
+
+/// The `WHERE` clause of a listing and its numbered parameters.
+fn filter_clause(query: &InvocationQuery) -> (String, Vec<Value>) {
+    let mut values = vec![
+        Value::Text(query.namespace.clone()),
+        Value::Text(query.function_name.clone()),
+    ];
+    let mut clause = "WHERE namespace = ?1 AND function_name = ?2".to_owned();
+    let mut push = |condition: &str, value: Value| {
+        values.push(value);
+        clause.push_str(&format!(" AND {condition} ?{}", values.len()));
+    };
+    if let Some(request_id) = &query.request_id {
+        push("request_id =", Value::Text(request_id.clone()));
+    }
+    if let Some(invoke_type) = query.invoke_type {
+        push(
+            "invoke_type =",
+            Value::Text(invoke_type.as_str().to_owned()),
+        );
+    }
+    for (bound, condition) in [
+        (query.start_from, "start_time >="),
+        (query.start_until, "start_time <"),
+        (query.end_from, "end_time >="),
+        (query.end_until, "end_time <"),
+    ] {
+        if let Some(ms) = bound {
+            push(condition, Value::Integer(ms));
+        }
+    }
+    match query.ret_code {
+        RetCodeFilter::Any => {}
+        RetCodeFilter::Success => clause.push_str(" AND ret_code = 0 AND status != 'RUNNING'"),
+        RetCodeFilter::Failure => clause.push_str(" AND ret_code != 0"),
+        RetCodeFilter::Code(code) => push("ret_code =", Value::Integer(i64::from(code))),
+    }
+    if !query.statuses.is_empty() {
+        let names: Vec<String> = query
+            .statuses
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        clause.push_str(&format!(" AND status IN ({})", names.join(", ")));
+    }
+    (clause, values)
 }
 
 fn running_record(event: &AsyncEvent) -> InvocationRecord {
@@ -339,6 +443,7 @@ fn running_record(event: &AsyncEvent) -> InvocationRecord {
         invoke_type: InvokeType::Event,
         status: InvocationStatus::Running,
         start_time: event.accepted_time,
+        end_time: 0,
         ret_code: 0,
         ret_msg: String::new(),
         err_msg: String::new(),
@@ -373,11 +478,9 @@ mod tests {
         InvocationQuery {
             namespace: "default".into(),
             function_name: "f".into(),
-            request_id: None,
-            order_by: InvocationOrder::StartTime,
             ascending: true,
-            offset: 0,
             limit: 20,
+            ..InvocationQuery::default()
         }
     }
 
@@ -434,6 +537,94 @@ mod tests {
             store.pending_async_events().await.expect("pending").len(),
             1
         );
+    }
+
+    #[tokio::test]
+    async fn filters_by_code_status_type_and_time() {
+        let (_dir, store) = open();
+        for (id, code, start, invoke_type) in [
+            ("ok", 0, 100, InvokeType::RequestResponse),
+            ("user", 430, 200, InvokeType::RequestResponse),
+            ("timeout", 433, 300, InvokeType::Event),
+        ] {
+            let mut record = running_record(&event(id, start));
+            record.invoke_type = invoke_type;
+            record.status = if code == 0 {
+                InvocationStatus::Finished
+            } else {
+                InvocationStatus::Failed
+            };
+            record.ret_code = code;
+            record.end_time = start + 5;
+            store.record_invocation(record).await.expect("record");
+        }
+        let ids = |rows: Vec<InvocationRecord>| {
+            rows.into_iter().map(|r| r.request_id).collect::<Vec<_>>()
+        };
+        let cases = [
+            (
+                InvocationQuery {
+                    ret_code: RetCodeFilter::Success,
+                    ..query()
+                },
+                vec!["ok"],
+            ),
+            (
+                InvocationQuery {
+                    ret_code: RetCodeFilter::Failure,
+                    ..query()
+                },
+                vec!["user", "timeout"],
+            ),
+            (
+                InvocationQuery {
+                    ret_code: RetCodeFilter::Code(433),
+                    ..query()
+                },
+                vec!["timeout"],
+            ),
+            (
+                InvocationQuery {
+                    invoke_type: Some(InvokeType::Event),
+                    ..query()
+                },
+                vec!["timeout"],
+            ),
+            (
+                InvocationQuery {
+                    start_from: Some(150),
+                    start_until: Some(300),
+                    ..query()
+                },
+                vec!["user"],
+            ),
+            (
+                InvocationQuery {
+                    end_from: Some(300),
+                    ..query()
+                },
+                vec!["timeout"],
+            ),
+            (
+                InvocationQuery {
+                    statuses: vec![InvocationStatus::Finished],
+                    ..query()
+                },
+                vec!["ok"],
+            ),
+        ];
+        for (filter, expected) in cases {
+            let (total, rows) = store.list_invocations(filter.clone()).await.expect("list");
+            assert_eq!(ids(rows), expected, "{filter:?}");
+            assert_eq!(total as usize, expected.len());
+        }
+        let got = store
+            .get_invocation("user")
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!((got.ret_code, got.end_time), (430, 205));
+        assert!(store.get_invocation("nope").await.expect("get").is_none());
     }
 
     #[tokio::test]

@@ -18,6 +18,7 @@
 
 mod functions;
 mod invocations;
+mod namespaces;
 mod schema;
 
 use std::path::Path;
@@ -28,7 +29,9 @@ use rusqlite::Connection;
 pub use functions::{FunctionOrder, FunctionQuery, FunctionRecord};
 pub use invocations::{
     AsyncEvent, InvocationOrder, InvocationQuery, InvocationRecord, InvocationStatus, InvokeType,
+    RetCodeFilter,
 };
+pub use namespaces::{DeleteNamespace, NamespaceRecord};
 
 /// Errors of the store. Each variant names the operation that failed.
 #[derive(Debug, thiserror::Error)]

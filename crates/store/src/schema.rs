@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS functions (
@@ -48,6 +48,22 @@ CREATE TABLE IF NOT EXISTS async_events (
 );
 ";
 
+/// Version 2: registered namespaces (with `default` always present) and the end time of
+/// each invocation.
+const SCHEMA_V2: &str = "
+CREATE TABLE IF NOT EXISTS namespaces (
+    namespace      TEXT    PRIMARY KEY,
+    description    TEXT    NOT NULL,
+    add_time       INTEGER NOT NULL,
+    mod_time       INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO namespaces (namespace, description, add_time, mod_time)
+    VALUES ('default', 'the default namespace', 0, 0);
+INSERT OR IGNORE INTO namespaces (namespace, description, add_time, mod_time)
+    SELECT DISTINCT namespace, '', 0, 0 FROM functions;
+ALTER TABLE invocations ADD COLUMN end_time INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Applies connection settings and creates or upgrades the schema.
 pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     // WAL lets readers proceed while a write commits; NORMAL sync in WAL mode loses nothing on
@@ -58,9 +74,15 @@ pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
 
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version < SCHEMA_VERSION {
+    if version < 1 {
         conn.execute_batch(SCHEMA_V1)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        conn.pragma_update(None, "user_version", 1)?;
+    }
+    if version < 2 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
     }
     Ok(())
 }
