@@ -54,6 +54,8 @@ pub struct Authenticator {
 impl Authenticator {
     /// Legacy API 2.0: timestamps may be two hours off.
     pub const LEGACY_WINDOW_SECS: i64 = 2 * 60 * 60;
+    /// API 3.0: timestamps may be five minutes off.
+    pub const API3_WINDOW_SECS: i64 = 5 * 60;
 
     /// Creates an authenticator for these credentials.
     pub fn new(credentials: Vec<Credential>) -> Authenticator {
@@ -75,7 +77,12 @@ impl Authenticator {
     /// # Errors
     /// `MissingParameter`, `InvalidParameter`, `SecretIdNotFound`, `SignatureFailure`,
     /// `SignatureExpire`, `NonceReplay`.
-    pub fn verify_v1(&self, request: &V1Request<'_>, now: i64) -> Result<String, ApiError> {
+    pub fn verify_v1(
+        &self,
+        request: &V1Request<'_>,
+        now: i64,
+        window_secs: i64,
+    ) -> Result<String, ApiError> {
         let get = |name: &str| {
             request
                 .params
@@ -124,7 +131,6 @@ impl Authenticator {
         if !valid {
             return Err(ApiError::SignatureFailure);
         }
-        let window_secs = Self::LEGACY_WINDOW_SECS;
         if (now - timestamp).abs() > window_secs {
             return Err(ApiError::SignatureExpire {
                 timestamp,
@@ -138,6 +144,136 @@ impl Authenticator {
         }
         Ok(secret_id.to_owned())
     }
+}
+
+/// A TC3-HMAC-SHA256 request as the verifier needs it.
+pub struct Tc3Request<'a> {
+    /// HTTP method, as received.
+    pub http_method: &'a str,
+    /// Path, as received.
+    pub path: &'a str,
+    /// Raw query string (empty for POST, whose query is not signed).
+    pub raw_query: &'a str,
+    /// `(lowercase name, value)` of every received header.
+    pub headers: &'a [(String, String)],
+    /// Raw body.
+    pub body: &'a [u8],
+}
+
+impl Tc3Request<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Authenticator {
+    /// Verifies a TC3-HMAC-SHA256 request; returns the caller's SecretId.
+    ///
+    /// Service and date come from the credential scope as the client wrote it (the Node SDK
+    /// writes `127` as the service of an IP endpoint). The `Host` header is tried as received
+    /// (tccli signs `http://127.0.0.1:9000` verbatim) and then without its port (the Node SDK
+    /// signs the bare host name); header values are tried lowercased, as the official
+    /// documentation signs them, and as sent.
+    ///
+    /// # Errors
+    /// `InvalidAuthorization`, `MissingParameter` (no `X-TC-Timestamp`), `SecretIdNotFound`,
+    /// `SignatureFailure`, `SignatureExpire`.
+    pub fn verify_tc3(&self, request: &Tc3Request<'_>, now: i64) -> Result<String, ApiError> {
+        let header = request.header("authorization").unwrap_or("");
+        let authorization = nimbus_sign::parse_tc3_authorization(header)
+            .map_err(|e| ApiError::InvalidAuthorization(e.to_string()))?;
+        let timestamp: i64 = request
+            .header("x-tc-timestamp")
+            .ok_or_else(|| ApiError::MissingParameter("X-TC-Timestamp".to_owned()))?
+            .trim()
+            .parse()
+            .map_err(|_| {
+                ApiError::invalid(
+                    "InvalidParameterValue.Timestamp",
+                    "X-TC-Timestamp must be Unix seconds",
+                )
+            })?;
+        let secret_key = self
+            .credentials
+            .get(&authorization.secret_id)
+            .ok_or_else(|| ApiError::SecretIdNotFound(authorization.secret_id.clone()))?;
+
+        let unsigned = request
+            .header("x-tc-content-sha256")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("UNSIGNED-PAYLOAD"));
+        let payload = if unsigned {
+            nimbus_sign::Tc3Payload::Unsigned
+        } else {
+            nimbus_sign::Tc3Payload::Bytes(request.body)
+        };
+        let valid = host_variants(request.header("host").unwrap_or(""))
+            .iter()
+            .any(|host| {
+                let mut signed = Vec::with_capacity(authorization.signed_headers.len());
+                for name in &authorization.signed_headers {
+                    let value = if name == "host" {
+                        Some(host.as_str())
+                    } else {
+                        request.header(name)
+                    };
+                    let Some(value) = value else { return false };
+                    signed.push((name.clone(), value.to_owned()));
+                }
+                let canonical = nimbus_sign::Tc3Request {
+                    method: request.http_method,
+                    path: request.path,
+                    raw_query: request.raw_query,
+                    headers: &signed,
+                    payload,
+                };
+                [
+                    nimbus_sign::Tc3HeaderValues::AsSent,
+                    nimbus_sign::Tc3HeaderValues::Lowercased,
+                ]
+                .into_iter()
+                .any(|values| {
+                    let text = nimbus_sign::tc3_canonical_request_with(&canonical, values);
+                    let to_sign = nimbus_sign::tc3_string_to_sign(
+                        timestamp,
+                        &authorization.date,
+                        &authorization.service,
+                        &text,
+                    );
+                    nimbus_sign::tc3_verify(
+                        secret_key,
+                        &authorization.date,
+                        &authorization.service,
+                        &to_sign,
+                        &authorization.signature,
+                    )
+                })
+            });
+        if !valid {
+            return Err(ApiError::SignatureFailure);
+        }
+        if (now - timestamp).abs() > Self::API3_WINDOW_SECS {
+            return Err(ApiError::SignatureExpire {
+                timestamp,
+                now,
+                window_secs: Self::API3_WINDOW_SECS,
+            });
+        }
+        Ok(authorization.secret_id)
+    }
+}
+
+/// The `Host` header as received, and without its port when it has one.
+fn host_variants(host: &str) -> Vec<String> {
+    let mut variants = vec![host.to_owned()];
+    if let Some((bare, port)) = host.rsplit_once(':') {
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !bare.ends_with(':') {
+            variants.push(bare.to_owned());
+        }
+    }
+    variants
 }
 
 /// Nonces seen within the window, keyed by (SecretId, timestamp, nonce). Keying on the
@@ -202,7 +338,7 @@ mod tests {
             params,
             skip_at_values: false,
         };
-        auth.verify_v1(&request, now)
+        auth.verify_v1(&request, now, Authenticator::LEGACY_WINDOW_SECS)
     }
 
     fn authenticator() -> Authenticator {
@@ -286,6 +422,82 @@ mod tests {
             Err(ApiError::MissingParameter(name)) => assert_eq!(name, "Nonce"),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    fn tc3_headers(
+        host: &str,
+        signed_host: &str,
+        timestamp: i64,
+        key: &str,
+    ) -> Vec<(String, String)> {
+        let body = br#"{"FunctionName":"f"}"#;
+        let signed = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("host".to_owned(), signed_host.to_owned()),
+        ];
+        let request = nimbus_sign::Tc3Request {
+            method: "POST",
+            path: "/",
+            raw_query: "",
+            headers: &signed,
+            payload: nimbus_sign::Tc3Payload::Bytes(body),
+        };
+        let authorization =
+            nimbus_sign::tc3_authorization("AKID1", key, timestamp, "scf", &request);
+        vec![
+            ("authorization".to_owned(), authorization),
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("host".to_owned(), host.to_owned()),
+            ("x-tc-timestamp".to_owned(), timestamp.to_string()),
+        ]
+    }
+
+    fn verify_tc3(
+        auth: &Authenticator,
+        headers: &[(String, String)],
+        now: i64,
+    ) -> Result<String, ApiError> {
+        let request = Tc3Request {
+            http_method: "POST",
+            path: "/",
+            raw_query: "",
+            headers,
+            body: br#"{"FunctionName":"f"}"#,
+        };
+        auth.verify_tc3(&request, now)
+    }
+
+    #[test]
+    fn tc3_accepts_the_host_as_sent_or_without_its_port() {
+        let auth = authenticator();
+        let as_sent = tc3_headers("127.0.0.1:9000", "127.0.0.1:9000", 1000, KEY);
+        assert_eq!(verify_tc3(&auth, &as_sent, 1000).expect("valid"), "AKID1");
+        let bare = tc3_headers("127.0.0.1:9000", "127.0.0.1", 1000, KEY);
+        assert!(verify_tc3(&auth, &bare, 1000).is_ok());
+        let tccli = tc3_headers("http://127.0.0.1:9000", "http://127.0.0.1:9000", 1000, KEY);
+        assert!(verify_tc3(&auth, &tccli, 1000).is_ok());
+    }
+
+    #[test]
+    fn tc3_rejects_wrong_key_stale_time_and_bad_headers() {
+        let auth = authenticator();
+        let wrong = tc3_headers("h:1", "h:1", 1000, "other");
+        assert!(matches!(
+            verify_tc3(&auth, &wrong, 1000),
+            Err(ApiError::SignatureFailure)
+        ));
+        let stale = tc3_headers("h:1", "h:1", 1000, KEY);
+        let late = 1000 + Authenticator::API3_WINDOW_SECS + 1;
+        assert!(matches!(
+            verify_tc3(&auth, &stale, late),
+            Err(ApiError::SignatureExpire { .. })
+        ));
+        let mut malformed = tc3_headers("h:1", "h:1", 1000, KEY);
+        malformed[0].1 = "TC3-HMAC-SHA256 Credential=broken".to_owned();
+        assert!(matches!(
+            verify_tc3(&auth, &malformed, 1000),
+            Err(ApiError::InvalidAuthorization(_))
+        ));
     }
 
     #[test]

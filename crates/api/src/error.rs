@@ -87,6 +87,9 @@ pub enum ApiError {
     /// The queue cannot take more events now.
     #[error("{0}")]
     QueueFull(String),
+    /// A feature of SCF that this node does not offer.
+    #[error("{0}")]
+    Unsupported(String),
     /// The function was changed by another request at the same time.
     #[error("function {0} was changed by another request; retry")]
     FunctionBusy(String),
@@ -111,6 +114,7 @@ impl ApiError {
             ApiError::FunctionExists(_) => "ResourceInUse.Function",
             ApiError::FunctionBusy(_) => "FailedOperation.FunctionStatusError",
             ApiError::UnknownParameter(_) => "UnknownParameter",
+            ApiError::Unsupported(_) => "UnsupportedOperation",
             ApiError::NoSuchVersion(_) => "NoSuchVersion",
             ApiError::InvalidAuthorization(_) => "AuthFailure.InvalidAuthorization",
             ApiError::NamespaceNotFound(_) => "ResourceNotFound.Namespace",
@@ -134,6 +138,7 @@ impl ApiError {
             | ApiError::UnknownParameter(_)
             | ApiError::NoSuchVersion(_) => 4000,
             ApiError::InvalidAuthorization(_) => 4100,
+            ApiError::Unsupported(_) => 6100,
             ApiError::QueueFull(_) => 4400,
             ApiError::NamespaceNotFound(_)
             | ApiError::QualifierNotFound(_)

@@ -66,7 +66,8 @@ pub async fn handle(
             params: &params,
             skip_at_values: method == Method::POST,
         };
-        let result = match state.auth.verify_v1(&request, unix_now()) {
+        let window = crate::Authenticator::LEGACY_WINDOW_SECS;
+        let result = match state.auth.verify_v1(&request, unix_now(), window) {
             Ok(secret_id) => {
                 tracing::Span::current().record("secret_id", secret_id.as_str());
                 dispatch(&state, &action, Params(&params)).await
@@ -310,7 +311,12 @@ async fn invoke_function(
         .get("param")
         .filter(|p| !p.is_empty())
         .unwrap_or("{}");
-    check_event(event)?;
+    crate::check_event(
+        event,
+        MAX_EVENT_BYTES,
+        "param",
+        "InvalidParameterValue.Param",
+    )?;
 
     let namespace = namespace(&params);
     if is_async {
@@ -347,23 +353,6 @@ async fn invoke_function(
         "billDuration": bill_ms,
         "invokeResult": invoke_result,
     })))
-}
-
-/// The event must be JSON and at most [`MAX_EVENT_BYTES`].
-fn check_event(event: &str) -> Result<(), ApiError> {
-    if event.len() > MAX_EVENT_BYTES {
-        return Err(ApiError::RequestTooLarge(format!(
-            "param is {} bytes; the legacy API accepts at most {MAX_EVENT_BYTES}",
-            event.len()
-        )));
-    }
-    serde_json::from_str::<serde::de::IgnoredAny>(event).map_err(|e| {
-        ApiError::invalid(
-            "InvalidParameterValue.Param",
-            format!("param is not valid JSON: {e}"),
-        )
-    })?;
-    Ok(())
 }
 
 async fn get_function_logs(

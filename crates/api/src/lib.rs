@@ -2,15 +2,16 @@
 //!
 //! ```text
 //!   GET  /healthz           ─► 200 once the server is serving
-//!   GET|POST /v2/index.php  ─► legacy API 2.0 (signature v1) ─► Platform
+//!   GET|POST /v2/index.php  ─► legacy API 2.0 (signature v1) ─────────────┐
+//!   GET|POST /              ─► API 3.0 (TC3-HMAC-SHA256 or signature v1) ─┴► Platform
 //! ```
 //!
 //! This crate authenticates, decodes parameters, calls the [`Platform`] service and encodes
 //! the answer in the caller's dialect. It knows nothing about processes.
 //!
-//! # Limitations
-//! - API 3.0 (`/`, TC3 signatures) is not served yet.
+//! Both dialects are views of the same functions, namespaces and invocation records.
 
+pub mod api3;
 pub mod auth;
 pub mod error;
 pub mod legacy;
@@ -47,6 +48,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route(legacy::PATH, get(legacy::handle).post(legacy::handle))
+        .route(api3::PATH, get(api3::handle).post(api3::handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -83,6 +85,28 @@ pub fn format_time(unix_ms: i64) -> String {
 /// Milliseconds with microsecond precision, as a JSON number.
 pub(crate) fn duration_ms(duration: Duration) -> f64 {
     duration.as_micros() as f64 / 1000.0
+}
+
+/// An event must be JSON and at most `max_bytes`; `name` is the parameter that carried it and
+/// `code` the error code for text that is not JSON.
+///
+/// # Errors
+/// `RequestTooLarge` or `InvalidParameter`.
+pub(crate) fn check_event(
+    event: &str,
+    max_bytes: usize,
+    name: &str,
+    code: &'static str,
+) -> Result<(), ApiError> {
+    if event.len() > max_bytes {
+        return Err(ApiError::RequestTooLarge(format!(
+            "{name} is {} bytes; at most {max_bytes} are accepted",
+            event.len()
+        )));
+    }
+    serde_json::from_str::<serde::de::IgnoredAny>(event)
+        .map_err(|e| ApiError::invalid(code, format!("{name} is not valid JSON: {e}")))?;
+    Ok(())
 }
 
 /// The last `max_bytes` of `log`, starting on a character boundary.

@@ -22,7 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use nimbus_store::{
-    DeleteNamespace, FunctionQuery, FunctionRecord, NamespaceRecord, Store, StoreError,
+    DeleteNamespace, FunctionQuery, FunctionRecord, InsertFunction, NamespaceRecord, Store,
+    StoreError,
 };
 
 pub use code::CodeStore;
@@ -151,6 +152,9 @@ impl Control {
         rules::check_timeout(timeout, limits)?;
         let environment = settings.environment.unwrap_or_default();
         rules::check_environment(&environment)?;
+        if self.store.get_namespace(namespace).await?.is_none() {
+            return Err(ControlError::NamespaceNotFound(namespace.to_owned()));
+        }
         if self
             .store
             .get_function(namespace, function_name)
@@ -180,9 +184,17 @@ impl Control {
             add_time: now,
             mod_time: now,
         };
-        if !self.store.insert_function(record.clone()).await? {
-            self.remove_if_unused(&record.code_sha256).await?;
-            return Err(ControlError::FunctionExists(function_name.to_owned()));
+        match self.store.insert_function(record.clone()).await? {
+            InsertFunction::Inserted => {}
+            refused => {
+                self.remove_if_unused(&record.code_sha256).await?;
+                return Err(match refused {
+                    InsertFunction::NoNamespace => {
+                        ControlError::NamespaceNotFound(namespace.to_owned())
+                    }
+                    _ => ControlError::FunctionExists(function_name.to_owned()),
+                });
+            }
         }
         Ok(record)
     }

@@ -36,6 +36,17 @@ pub struct FunctionRecord {
     pub mod_time: i64,
 }
 
+/// What [`Store::insert_function`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertFunction {
+    /// The function is stored.
+    Inserted,
+    /// A function of that name exists already; nothing changed.
+    Exists,
+    /// The namespace does not exist; nothing changed.
+    NoNamespace,
+}
+
 /// Sort key of [`Store::list_functions`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FunctionOrder {
@@ -100,17 +111,21 @@ fn encode_environment(environment: &[(String, String)]) -> String {
 }
 
 impl Store {
-    /// Inserts a new function. Returns `false` (and changes nothing) when a function of that
-    /// name already exists in the namespace.
+    /// Inserts a new function, in one statement that also checks that its namespace exists
+    /// (so a namespace deleted concurrently cannot gain a function).
     ///
     /// # Errors
     /// [`StoreError::Sql`] when the statement fails.
-    pub async fn insert_function(&self, record: FunctionRecord) -> Result<bool, StoreError> {
+    pub async fn insert_function(
+        &self,
+        record: FunctionRecord,
+    ) -> Result<InsertFunction, StoreError> {
         self.with(move |conn| {
             let inserted = conn.execute(
                 &format!(
                     "INSERT OR IGNORE INTO functions ({COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 \
+                     WHERE EXISTS (SELECT 1 FROM namespaces WHERE namespace = ?1)"
                 ),
                 params![
                     record.namespace,
@@ -128,7 +143,19 @@ impl Store {
                     record.mod_time,
                 ],
             )?;
-            Ok(inserted == 1)
+            if inserted == 1 {
+                return Ok(InsertFunction::Inserted);
+            }
+            let namespace_exists: bool = conn.query_row(
+                "SELECT EXISTS (SELECT 1 FROM namespaces WHERE namespace = ?1)",
+                params![record.namespace],
+                |row| row.get(0),
+            )?;
+            Ok(if namespace_exists {
+                InsertFunction::Exists
+            } else {
+                InsertFunction::NoNamespace
+            })
         })
         .await
     }
@@ -316,17 +343,20 @@ mod tests {
     #[tokio::test]
     async fn refuses_duplicate_function_names() {
         let (_dir, store) = open();
-        assert!(
-            store
-                .insert_function(record("f1", 1))
-                .await
-                .expect("insert")
+        let insert = |r| store.insert_function(r);
+        assert_eq!(
+            insert(record("f1", 1)).await.expect("insert"),
+            InsertFunction::Inserted
         );
-        assert!(
-            !store
-                .insert_function(record("f1", 2))
-                .await
-                .expect("insert")
+        assert_eq!(
+            insert(record("f1", 2)).await.expect("insert"),
+            InsertFunction::Exists
+        );
+        let mut elsewhere = record("f2", 1);
+        elsewhere.namespace = "missing".into();
+        assert_eq!(
+            insert(elsewhere).await.expect("insert"),
+            InsertFunction::NoNamespace
         );
         let got = store.get_function("default", "f1").await.expect("get");
         assert_eq!(got.expect("exists").add_time, 1);

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use rusqlite::Connection;
 
-pub use functions::{FunctionOrder, FunctionQuery, FunctionRecord};
+pub use functions::{FunctionOrder, FunctionQuery, FunctionRecord, InsertFunction};
 pub use invocations::{
     AsyncEvent, InvocationOrder, InvocationQuery, InvocationRecord, InvocationStatus, InvokeType,
     RetCodeFilter,
