@@ -290,6 +290,14 @@ def test_invalid_timeout(sdk, timeout):
     assert sdk_code(sdk.error("GetFunction", FunctionName=name)) == "ResourceNotFound.Function"
 
 
+@pytest.mark.parametrize("timeout", [1, 900])
+def test_valid_timeouts(sdk, timeout):
+    name = unique_name("tmo")
+    sdk.create(name, py_zip(ECHO), Timeout=timeout)
+    assert sdk.get(name)["Timeout"] == timeout
+    sdk.delete(name)
+
+
 def test_invalid_update_configuration(sdk, echo):
     before = sdk.get(echo)
     exc = sdk.error("UpdateFunctionConfiguration", FunctionName=echo, MemorySize=100)

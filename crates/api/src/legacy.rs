@@ -322,7 +322,7 @@ async fn invoke_function(
     if is_async {
         let request_id = state
             .platform
-            .invoke_async(namespace, name, event.to_owned(), Billing::Per100Ms)
+            .invoke_async(namespace, name, event.to_owned())
             .await?;
         return Ok(data(json!({ "requestId": request_id })));
     }

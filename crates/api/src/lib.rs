@@ -29,7 +29,7 @@ use axum::routing::get;
 
 pub use auth::{Authenticator, Credential};
 pub use error::ApiError;
-pub use platform::{AccountLimits, Billing, Platform};
+pub use platform::{AccountLimits, AsyncRunner, Billing, Platform};
 
 /// Largest request body. Code packages arrive base64-encoded inside the body; the size
 /// limits of each parameter are checked (with a clear error) after decoding.

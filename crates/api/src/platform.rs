@@ -8,36 +8,29 @@
 //!                                    └─► background task: engine.invoke ─► record + forget event
 //! ```
 //!
-//! A running async event can be terminated: its task is told through a one-shot channel, drops
-//! the engine's invocation (which kills the instance) and records the event as `ABORTED`.
+//! Async invocations go through the durable queue (`nimbus-queue`); [`AsyncRunner`] is the
+//! queue's executor: it runs one attempt through the engine and classifies the outcome for
+//! SCF's retry policy.
 //!
 //! # Limitations
-//! - Async events run once each; SCF's retry policy, dead letters and back-pressure are not
-//!   built yet. An event refused for concurrency (432) waits and tries again, for at most
-//!   [`CONCURRENCY_RETRY_LIMIT`].
 //! - Termination always kills at once; `GraceShutdown` (SIGTERM first) is not honoured.
 //! - Invocation records are written before a synchronous call answers (one small commit); a
 //!   batching writer would take that off the hot path.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_control::{Control, ControlError, FunctionSettings, Limits};
 use nimbus_engine::{
     Engine, FunctionSpec, InvocationOutcome, InvocationRequest, InvocationResult, Runtime,
 };
+use nimbus_queue::{AttemptOutcome, ErrorClass, Executor, Queue, QueueError};
 use nimbus_store::{
-    AsyncEvent, FunctionQuery, FunctionRecord, InvocationQuery, InvocationRecord, InvocationStatus,
-    InvokeType, NamespaceRecord,
+    AsyncEvent, DeadLetter, FunctionQuery, FunctionRecord, InvocationQuery, InvocationRecord,
+    InvocationStatus, InvokeType, NamespaceRecord, QueuedEvent,
 };
-use tokio::sync::oneshot;
-use tracing::Instrument as _;
 
 use crate::error::{ApiError, internal};
-
-/// How long an async event refused for concurrency keeps retrying.
-pub const CONCURRENCY_RETRY_LIMIT: Duration = Duration::from_secs(600);
 
 /// How a dialect bills duration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,9 +63,6 @@ pub struct AccountLimits {
     pub memory_budget_mb: u64,
 }
 
-/// A stop request for a running async event, answered once the event is recorded as aborted.
-type StopRequest = oneshot::Sender<oneshot::Sender<()>>;
-
 /// The services a request handler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct Platform {
@@ -80,8 +70,7 @@ pub struct Platform {
     engine: Arc<Engine>,
     region: String,
     limits: AccountLimits,
-    /// Async events with a task, by request id.
-    running: Arc<Mutex<HashMap<String, StopRequest>>>,
+    queue: Queue<AsyncRunner>,
 }
 
 impl Platform {
@@ -91,13 +80,14 @@ impl Platform {
         engine: Arc<Engine>,
         region: String,
         limits: AccountLimits,
+        queue: Queue<AsyncRunner>,
     ) -> Platform {
         Platform {
             control,
             engine,
             region,
             limits,
-            running: Arc::default(),
+            queue,
         }
     }
 
@@ -277,7 +267,7 @@ impl Platform {
             .ok_or_else(|| ApiError::AsyncEventNotFound(request_id.to_owned()))
     }
 
-    /// Stops a running async event; it is recorded as `ABORTED` before this returns.
+    /// Stops a pending async event; it is recorded as `ABORTED` before this returns.
     ///
     /// # Errors
     /// `AsyncEventNotFound` (unknown, or of another function), `AsyncEventFinished`, or
@@ -292,27 +282,114 @@ impl Platform {
         if record.namespace != namespace || record.function_name != name {
             return Err(ApiError::AsyncEventNotFound(request_id.to_owned()));
         }
-        let stop = self
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(request_id);
-        let Some(stop) = stop else {
-            return Err(ApiError::AsyncEventFinished(request_id.to_owned()));
-        };
-        let (done, recorded) = oneshot::channel();
-        if stop.send(done).is_err() {
+        if record.status != InvocationStatus::Running {
             return Err(ApiError::AsyncEventFinished(request_id.to_owned()));
         }
-        // The task answers once the ABORTED record is written (or drops `done` if the event
-        // finished in the same instant).
-        match recorded.await {
-            Ok(()) => {
-                tracing::info!(request_id, "async event terminated");
-                Ok(())
+        let aborted = final_event_record(
+            &record,
+            InvocationStatus::Aborted,
+            499,
+            "the async event was terminated by request",
+        );
+        match self.queue.terminate(aborted).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ApiError::AsyncEventFinished(request_id.to_owned())),
+            Err(error) => Err(internal(&error)),
+        }
+    }
+
+    /// A function's dead letters, newest first.
+    ///
+    /// # Errors
+    /// `FunctionNotFound` or `Internal`.
+    pub async fn list_dead_letters(
+        &self,
+        namespace: &str,
+        name: &str,
+        offset: u32,
+        limit: u32,
+    ) -> Result<(u64, Vec<DeadLetter>), ApiError> {
+        self.control.get_function(namespace, name).await?;
+        let store = self.control.store();
+        store
+            .list_dead_letters(namespace, name, offset, limit)
+            .await
+            .map_err(|e| internal(&e))
+    }
+
+    /// Queues a dead letter's event again under a new request id, which it returns.
+    ///
+    /// # Errors
+    /// `AsyncEventNotFound` (no such dead letter of this function), `FunctionNotFound` or
+    /// `Internal`.
+    pub async fn replay_dead_letter(
+        &self,
+        namespace: &str,
+        name: &str,
+        request_id: &str,
+    ) -> Result<String, ApiError> {
+        let function = self.control.get_function(namespace, name).await?;
+        let new_id = new_request_id();
+        let now = self.queue.now_ms();
+        let (event_namespace, event_name) = (namespace.to_owned(), name.to_owned());
+        let replay_id = new_id.clone();
+        let replayed = self
+            .queue
+            .replay_dead_letter(request_id, move |letter: &DeadLetter| {
+                let event = AsyncEvent {
+                    request_id: replay_id,
+                    namespace: event_namespace,
+                    function_name: event_name,
+                    event: letter.event.clone(),
+                    accepted_time: now,
+                    deadline: now + i64::from(function.async_msg_ttl) * 1000,
+                    retry_num: function.async_retry_num,
+                };
+                let record = running_record(&event);
+                (event, record)
+            })
+            .await
+            .map_err(|e| internal(&e))?;
+        match replayed {
+            Some(letter) if letter.namespace == namespace && letter.function_name == name => {
+                tracing::info!(request_id, new_request_id = %new_id, "dead letter replayed");
+                Ok(new_id)
             }
-            Err(_) => Err(ApiError::AsyncEventFinished(request_id.to_owned())),
+            _ => Err(ApiError::AsyncEventNotFound(request_id.to_owned())),
         }
+    }
+
+    /// Every attempt of an async event.
+    ///
+    /// # Errors
+    /// `AsyncEventNotFound` or `Internal`.
+    pub async fn async_attempts(
+        &self,
+        request_id: &str,
+    ) -> Result<Vec<nimbus_store::AttemptRecord>, ApiError> {
+        self.async_event(request_id).await?;
+        self.control
+            .store()
+            .list_attempts(request_id)
+            .await
+            .map_err(|e| internal(&e))
+    }
+
+    /// Sets a function's async retry number and event time-to-live (seconds).
+    ///
+    /// # Errors
+    /// `InvalidParameter`, `FunctionNotFound` or `Internal`.
+    pub async fn update_async_config(
+        &self,
+        namespace: &str,
+        name: &str,
+        retry_num: Option<u32>,
+        msg_ttl: Option<u32>,
+    ) -> Result<FunctionRecord, ApiError> {
+        Ok(self
+            .control
+            .update_async_config(namespace, name, retry_num, msg_ttl)
+            .await?)
     }
 
     /// Runs an invocation and waits for it; the record is stored before this returns.
@@ -350,167 +427,44 @@ impl Platform {
     }
 
     /// Accepts an async invocation: the event is committed before this returns its request
-    /// id, then runs in the background.
+    /// id, then the queue runs it.
     ///
     /// # Errors
-    /// `FunctionNotFound` or `Internal` (nothing was accepted then).
+    /// `FunctionNotFound`, `QueueFull` or `Internal` (nothing was accepted then).
     pub async fn invoke_async(
         &self,
         namespace: &str,
         name: &str,
         event: String,
-        billing: Billing,
     ) -> Result<String, ApiError> {
-        self.control.get_function(namespace, name).await?;
+        let function = self.control.get_function(namespace, name).await?;
+        let now = self.queue.now_ms();
         let accepted = AsyncEvent {
             request_id: new_request_id(),
             namespace: namespace.to_owned(),
             function_name: name.to_owned(),
             event,
-            accepted_time: nimbus_store::now_ms(),
+            accepted_time: now,
+            deadline: now + i64::from(function.async_msg_ttl) * 1000,
+            retry_num: function.async_retry_num,
         };
-        self.control
-            .store()
-            .accept_async_event(accepted.clone())
-            .await
-            .map_err(|e| internal(&e))?;
         let request_id = accepted.request_id.clone();
-        self.spawn_async(accepted, billing);
-        Ok(request_id)
-    }
-
-    /// Runs every async event that was accepted and not finished before the last stop.
-    ///
-    /// # Errors
-    /// `Internal` when the pending events cannot be read.
-    pub async fn resume_async_events(&self, billing: Billing) -> Result<usize, ApiError> {
-        let pending = self
-            .control
-            .store()
-            .pending_async_events()
-            .await
-            .map_err(|e| internal(&e))?;
-        let count = pending.len();
-        for event in pending {
-            self.spawn_async(event, billing);
-        }
-        Ok(count)
-    }
-
-    fn spawn_async(&self, event: AsyncEvent, billing: Billing) {
-        let (stop, stopped) = oneshot::channel();
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(event.request_id.clone(), stop);
-        let platform = self.clone();
-        let span = tracing::info_span!(
-            "async_invocation",
-            request_id = %event.request_id,
-            function = %event.function_name
-        );
-        tokio::spawn(
-            async move { platform.run_async(event, billing, stopped).await }.instrument(span),
-        );
-    }
-
-    async fn run_async(
-        &self,
-        event: AsyncEvent,
-        billing: Billing,
-        stopped: oneshot::Receiver<oneshot::Sender<()>>,
-    ) {
-        let start_time = nimbus_store::now_ms();
-        let finished = tokio::select! {
-            entry = self.attempt_async(&event, billing, start_time) => entry.map(|e| (e, None)),
-            Ok(done) = stopped => Some((aborted_record(&event, start_time), Some(done))),
-        };
-        self.running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&event.request_id);
-        let Some((entry, done)) = finished else {
-            return;
-        };
-        self.finish_async(entry).await;
-        if let Some(done) = done {
-            let _ = done.send(());
+        let record = running_record(&accepted);
+        match self.queue.accept(accepted, record).await {
+            Ok(()) => Ok(request_id),
+            Err(QueueError::Full(message)) => Err(ApiError::QueueFull(message)),
+            Err(error) => Err(internal(&error)),
         }
     }
 
-    /// Runs an async event to its final record (`None` when it must stay pending).
-    async fn attempt_async(
-        &self,
-        event: &AsyncEvent,
-        billing: Billing,
-        start_time: i64,
-    ) -> Option<InvocationRecord> {
-        let record = match self
-            .control
-            .get_function(&event.namespace, &event.function_name)
-            .await
-        {
-            Ok(record) => record,
-            Err(ControlError::FunctionNotFound(_)) => {
-                return Some(missing_function_record(event, start_time));
-            }
-            Err(error) => {
-                // The event stays pending and runs again at the next start.
-                tracing::error!(error = %error, "async event could not be started");
-                return None;
-            }
-        };
-        let spec = self.spec(&record);
-        let mut backoff = Duration::from_millis(50);
-        let deadline = tokio::time::Instant::now() + CONCURRENCY_RETRY_LIMIT;
-        let outcome = loop {
-            let request = InvocationRequest {
-                request_id: event.request_id.clone(),
-                event: event.event.clone(),
-            };
-            let outcome = self.engine.invoke(&spec, request).await;
-            let refused = outcome.result.status_code() == 432;
-            if !refused || tokio::time::Instant::now() + backoff > deadline {
-                break outcome;
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        };
-        let bill_ms = billing.bill_ms(outcome.duration);
-        Some(invocation_record(
-            &record,
-            &outcome,
-            InvokeType::Event,
-            start_time,
-            bill_ms,
-        ))
-    }
-
-    async fn finish_async(&self, entry: InvocationRecord) {
-        if let Err(error) = self.control.store().finish_async_event(entry).await {
-            tracing::error!(error = %error, "async result could not be stored; it reruns at the next start");
-        }
-    }
-
-    /// Stops every instance.
+    /// Stops the queue (running attempts get a grace period), then every instance.
     pub async fn shutdown(&self) {
+        self.queue.shutdown().await;
         self.engine.shutdown().await;
     }
 
     fn spec(&self, record: &FunctionRecord) -> FunctionSpec {
-        FunctionSpec {
-            namespace: record.namespace.clone(),
-            name: record.function_name.clone(),
-            version: "$LATEST".to_owned(),
-            revision: record.revision,
-            runtime: Runtime::Python3,
-            handler: record.handler.clone(),
-            code_dir: self.control.code_dir(record),
-            memory_mb: record.memory_size,
-            timeout: Duration::from_secs(u64::from(record.timeout)),
-            environment: record.environment.clone(),
-            region: self.region.clone(),
-        }
+        function_spec(&self.control, record, &self.region)
     }
 }
 
@@ -558,25 +512,52 @@ fn invocation_record(
         bill_duration_ms,
         mem_usage: outcome.mem_usage_bytes,
         log: outcome.log.clone(),
+        retry_num: 0,
     }
 }
 
-fn missing_function_record(event: &AsyncEvent, start_time: i64) -> InvocationRecord {
-    let message = format!(
-        "function {} was deleted before the event ran",
-        event.function_name
-    );
-    failed_event_record(event, start_time, InvocationStatus::Failed, 435, &message)
+/// The engine's view of a stored function.
+fn function_spec(control: &Control, record: &FunctionRecord, region: &str) -> FunctionSpec {
+    FunctionSpec {
+        namespace: record.namespace.clone(),
+        name: record.function_name.clone(),
+        version: "$LATEST".to_owned(),
+        revision: record.revision,
+        runtime: Runtime::Python3,
+        handler: record.handler.clone(),
+        code_dir: control.code_dir(record),
+        memory_mb: record.memory_size,
+        timeout: Duration::from_secs(u64::from(record.timeout)),
+        init_timeout: nimbus_engine::DEFAULT_INIT_TIMEOUT,
+        environment: record.environment.clone(),
+        region: region.to_owned(),
+    }
 }
 
-fn aborted_record(event: &AsyncEvent, start_time: i64) -> InvocationRecord {
-    let message = "the async event was terminated by request";
-    failed_event_record(event, start_time, InvocationStatus::Aborted, 499, message)
+/// The `RUNNING` record of a just-accepted event.
+fn running_record(event: &AsyncEvent) -> InvocationRecord {
+    InvocationRecord {
+        request_id: event.request_id.clone(),
+        namespace: event.namespace.clone(),
+        function_name: event.function_name.clone(),
+        invoke_type: InvokeType::Event,
+        status: InvocationStatus::Running,
+        start_time: event.accepted_time,
+        end_time: 0,
+        ret_code: 0,
+        ret_msg: String::new(),
+        err_msg: String::new(),
+        duration_us: 0,
+        bill_duration_ms: 0,
+        mem_usage: 0,
+        log: String::new(),
+        retry_num: 0,
+    }
 }
 
-fn failed_event_record(
-    event: &AsyncEvent,
-    start_time: i64,
+/// A final record for an event that ended without running to completion.
+fn final_event_record(
+    record: &InvocationRecord,
     status: InvocationStatus,
     status_code: i32,
     message: &str,
@@ -584,24 +565,147 @@ fn failed_event_record(
     let err_msg = serde_json::json!({
         "errorCode": -1,
         "errorMessage": message,
-        "requestId": event.request_id,
+        "requestId": record.request_id,
         "statusCode": status_code,
     });
     InvocationRecord {
-        request_id: event.request_id.clone(),
-        namespace: event.namespace.clone(),
-        function_name: event.function_name.clone(),
-        invoke_type: InvokeType::Event,
         status,
-        start_time,
         end_time: nimbus_store::now_ms(),
         ret_code: status_code,
         ret_msg: String::new(),
         err_msg: err_msg.to_string(),
-        duration_us: 0,
-        bill_duration_ms: 0,
-        mem_usage: 0,
-        log: String::new(),
+        ..record.clone()
+    }
+}
+
+/// The async queue's executor: one attempt through the engine.
+#[derive(Clone)]
+pub struct AsyncRunner {
+    control: Control,
+    engine: Arc<Engine>,
+    region: String,
+}
+
+impl AsyncRunner {
+    /// Creates the executor.
+    pub fn new(control: Control, engine: Arc<Engine>, region: String) -> AsyncRunner {
+        AsyncRunner {
+            control,
+            engine,
+            region,
+        }
+    }
+
+    async fn attempt(&self, queued: &QueuedEvent) -> AttemptOutcome {
+        let event = &queued.event;
+        let start_time = nimbus_store::now_ms();
+        let function = match self
+            .control
+            .get_function(&event.namespace, &event.function_name)
+            .await
+        {
+            Ok(function) => function,
+            Err(ControlError::FunctionNotFound(_)) => {
+                let message = format!("function {} does not exist", event.function_name);
+                return failed_attempt(event, start_time, 435, &message, ErrorClass::CallerError);
+            }
+            Err(error) => {
+                let error = internal(&error);
+                return failed_attempt(
+                    event,
+                    start_time,
+                    500,
+                    &error.to_string(),
+                    ErrorClass::Throttled,
+                );
+            }
+        };
+        let spec = function_spec(&self.control, &function, &self.region);
+        let request = InvocationRequest {
+            request_id: event.request_id.clone(),
+            event: event.event.clone(),
+        };
+        let outcome = self.engine.invoke(&spec, request).await;
+        let bill_ms = Billing::PerMs.bill_ms(outcome.duration);
+        let record = invocation_record(&function, &outcome, InvokeType::Event, start_time, bill_ms);
+        let (class, error_message) = match &outcome.result {
+            InvocationResult::Success { .. } => (ErrorClass::Success, String::new()),
+            InvocationResult::Failed {
+                status_code,
+                err_msg,
+            } => (classify(*status_code), error_message(err_msg)),
+        };
+        AttemptOutcome {
+            record,
+            class,
+            error_message,
+        }
+    }
+}
+
+impl Executor for AsyncRunner {
+    fn execute(
+        &self,
+        event: &QueuedEvent,
+    ) -> impl std::future::Future<Output = AttemptOutcome> + Send {
+        let runner = self.clone();
+        let event = event.clone();
+        async move { runner.attempt(&event).await }
+    }
+}
+
+/// How SCF's retry policy sees a function status code.
+fn classify(status_code: u16) -> ErrorClass {
+    match status_code {
+        200 => ErrorClass::Success,
+        // The node could not run it now: concurrency or memory budget, internal failures.
+        432 | 449 | 500 => ErrorClass::Throttled,
+        // The request itself is wrong: no function, an invalid or oversized event.
+        400 | 406 | 435 | 436 => ErrorClass::CallerError,
+        // User code, runtime, timeout, memory limit, crash, init failures.
+        _ => ErrorClass::RunError,
+    }
+}
+
+/// What went wrong, from an SCF error object: its `errorMessage`, or, when that is SCF's
+/// generic "user code exception caught", the last line of the stack trace (the exception
+/// itself). The whole text when it is not an error object.
+fn error_message(err_msg: &str) -> String {
+    let Ok(error) = serde_json::from_str::<serde_json::Value>(err_msg) else {
+        return err_msg.to_owned();
+    };
+    let message = error
+        .get("errorMessage")
+        .and_then(|m| m.as_str())
+        .unwrap_or(err_msg);
+    let exception = error
+        .get("stackTrace")
+        .and_then(|t| t.as_str())
+        .and_then(|trace| trace.lines().rev().find(|line| !line.trim().is_empty()));
+    match exception {
+        Some(line) if message == "user code exception caught" => line.trim().to_owned(),
+        _ => message.to_owned(),
+    }
+}
+
+fn failed_attempt(
+    event: &AsyncEvent,
+    start_time: i64,
+    status_code: i32,
+    message: &str,
+    class: ErrorClass,
+) -> AttemptOutcome {
+    let mut record = final_event_record(
+        &running_record(event),
+        InvocationStatus::Failed,
+        status_code,
+        message,
+    );
+    record.start_time = start_time;
+    AttemptOutcome {
+        record,
+        class,
+        error_message: message.to_owned(),
     }
 }
 
@@ -617,6 +721,23 @@ mod tests {
         assert_eq!(bill(100_000), 100);
         assert_eq!(bill(100_001), 200);
         assert_eq!(bill(2_345_678), 2400);
+    }
+
+    #[test]
+    fn classifies_status_codes_for_the_retry_policy() {
+        assert_eq!(classify(200), ErrorClass::Success);
+        for code in [430, 433, 434, 437, 439, 443, 450] {
+            assert_eq!(classify(code), ErrorClass::RunError, "{code}");
+        }
+        for code in [432, 500] {
+            assert_eq!(classify(code), ErrorClass::Throttled, "{code}");
+        }
+        assert_eq!(classify(435), ErrorClass::CallerError);
+        assert_eq!(
+            error_message(r#"{"errorMessage":"boom","statusCode":430}"#),
+            "boom"
+        );
+        assert_eq!(error_message("plain"), "plain");
     }
 
     #[test]

@@ -24,6 +24,12 @@ impl Defaults {
     pub const CONCURRENCY: u32 = 8;
     /// Per-invocation log cap.
     pub const LOG_LIMIT_BYTES: usize = 1024 * 1024;
+    /// Async attempts running at once on the node.
+    pub const QUEUE_WORKERS: u32 = 16;
+    /// Pending async events per function.
+    pub const QUEUE_MAX_PENDING_PER_FUNCTION: u64 = 10_000;
+    /// Pending async events in all.
+    pub const QUEUE_MAX_PENDING: u64 = 100_000;
 
     /// `$NIMBUS_DATA_DIR`, else `$XDG_DATA_HOME/nimbus`, else `~/.local/share/nimbus`.
     pub fn data_dir() -> PathBuf {
@@ -54,6 +60,21 @@ pub struct FileConfig {
     /// Engine settings.
     #[serde(default)]
     pub engine: FileEngine,
+    /// Async queue settings.
+    #[serde(default)]
+    pub queue: FileQueue,
+}
+
+/// The `[queue]` table.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileQueue {
+    /// Async attempts running at once on the node.
+    pub workers: Option<u32>,
+    /// Pending async events per function.
+    pub max_pending_per_function: Option<u64>,
+    /// Pending async events in all.
+    pub max_pending: Option<u64>,
 }
 
 /// One `[[credentials]]` entry.
@@ -100,6 +121,12 @@ pub struct ServeConfig {
     pub concurrency: u32,
     /// Per-invocation log cap in bytes.
     pub log_limit_bytes: usize,
+    /// Async attempts running at once.
+    pub queue_workers: u32,
+    /// Pending async events per function.
+    pub queue_max_pending_per_function: u64,
+    /// Pending async events in all.
+    pub queue_max_pending: u64,
 }
 
 /// Reads the TOML file.
@@ -148,6 +175,20 @@ pub fn resolve(
     if concurrency == 0 {
         bail!("engine.concurrency must be at least 1");
     }
+    let queue_workers = file.queue.workers.unwrap_or(Defaults::QUEUE_WORKERS);
+    let queue_max_pending_per_function = file
+        .queue
+        .max_pending_per_function
+        .unwrap_or(Defaults::QUEUE_MAX_PENDING_PER_FUNCTION);
+    let queue_max_pending = file
+        .queue
+        .max_pending
+        .unwrap_or(Defaults::QUEUE_MAX_PENDING);
+    if queue_workers == 0 || queue_max_pending_per_function == 0 || queue_max_pending == 0 {
+        bail!(
+            "queue.workers, queue.max_pending_per_function and queue.max_pending must be at least 1"
+        );
+    }
     Ok(ServeConfig {
         listen,
         data_dir: data_dir
@@ -168,6 +209,9 @@ pub fn resolve(
             .engine
             .log_limit_bytes
             .unwrap_or(Defaults::LOG_LIMIT_BYTES),
+        queue_workers,
+        queue_max_pending_per_function,
+        queue_max_pending,
     })
 }
 
@@ -184,6 +228,14 @@ mod tests {
         assert_eq!(config.python, "python3");
         assert_eq!((config.keep_alive_secs, config.concurrency), (600, 8));
         assert_eq!(config.log_limit_bytes, 1 << 20);
+        assert_eq!(config.queue_workers, 16);
+        assert_eq!(
+            (
+                config.queue_max_pending_per_function,
+                config.queue_max_pending
+            ),
+            (10_000, 100_000)
+        );
         assert!(config.credentials.is_empty());
     }
 

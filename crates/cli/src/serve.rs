@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use nimbus_api::{AccountLimits, ApiState, Authenticator, Billing, Credential, Platform};
+use nimbus_api::{AccountLimits, ApiState, AsyncRunner, Authenticator, Credential, Platform};
 use nimbus_control::{CodeStore, Control};
 use nimbus_engine::{Engine, EngineConfig};
+use nimbus_queue::{Queue, QueueConfig};
 use nimbus_store::Store;
 use rand::Rng as _;
 use rand::distributions::Alphanumeric;
@@ -65,22 +66,21 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         concurrency: config.concurrency,
         memory_budget_mb: 0,
     };
-    let platform = Platform::new(
-        Control::new(store, code),
-        engine,
-        config.region.clone(),
-        limits,
-    );
-    let resumed = platform
-        .resume_async_events(Billing::Per100Ms)
+    let control = Control::new(store.clone(), code);
+    let runner = AsyncRunner::new(control.clone(), Arc::clone(&engine), config.region.clone());
+    let queue_config = QueueConfig {
+        // Async attempts may take at most half of a function's instances, so synchronous
+        // callers always find room.
+        per_function_running: (config.concurrency / 2).max(1),
+        workers: config.queue_workers,
+        max_pending_per_function: config.queue_max_pending_per_function,
+        max_pending: config.queue_max_pending,
+        ..QueueConfig::default()
+    };
+    let queue = Queue::start(store, runner, queue_config)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot read pending async events: {e}"))?;
-    if resumed > 0 {
-        tracing::info!(
-            events = resumed,
-            "resumed async events accepted before the last stop"
-        );
-    }
+        .context("cannot start the async queue")?;
+    let platform = Platform::new(control, engine, config.region.clone(), limits, queue);
     let state = Arc::new(ApiState {
         auth: Authenticator::new(credentials),
         platform: platform.clone(),

@@ -183,6 +183,8 @@ impl Control {
             revision: 1,
             add_time: now,
             mod_time: now,
+            async_retry_num: rules::DEFAULT_RETRY_NUM,
+            async_msg_ttl: rules::MAX_MSG_TTL_SECS,
         };
         match self.store.insert_function(record.clone()).await? {
             InsertFunction::Inserted => {}
@@ -262,6 +264,40 @@ impl Control {
         Ok(next)
     }
 
+    /// Sets a function's async retry number (0–2, SCF's `RetryNum`) and event time-to-live
+    /// (60–86400 s, SCF's `MsgTTL`).
+    ///
+    /// # Errors
+    /// `Invalid`, `FunctionNotFound`, `Conflict` or `Store`.
+    pub async fn update_async_config(
+        &self,
+        namespace: &str,
+        function_name: &str,
+        retry_num: Option<u32>,
+        msg_ttl: Option<u32>,
+    ) -> Result<FunctionRecord, ControlError> {
+        let current = self.get_function(namespace, function_name).await?;
+        let mut next = current.clone();
+        if let Some(retry_num) = retry_num {
+            rules::check_retry_num(retry_num)?;
+            next.async_retry_num = retry_num;
+        }
+        if let Some(msg_ttl) = msg_ttl {
+            rules::check_msg_ttl(msg_ttl)?;
+            next.async_msg_ttl = msg_ttl;
+        }
+        next.revision = current.revision + 1;
+        next.mod_time = nimbus_store::now_ms();
+        if !self
+            .store
+            .update_function(next.clone(), current.revision)
+            .await?
+        {
+            return Err(ControlError::Conflict(function_name.to_owned()));
+        }
+        Ok(next)
+    }
+
     /// Reads a function.
     ///
     /// # Errors
@@ -317,6 +353,12 @@ impl Control {
     ) -> Result<NamespaceRecord, ControlError> {
         rules::check_namespace(namespace)?;
         rules::check_description(description)?;
+        if self.store.list_namespaces().await?.len() >= rules::MAX_NAMESPACES {
+            return Err(ControlError::Invalid {
+                code: "LimitExceeded.Namespace",
+                message: format!("a node holds at most {} namespaces", rules::MAX_NAMESPACES),
+            });
+        }
         let now = nimbus_store::now_ms();
         let record = NamespaceRecord {
             namespace: namespace.to_owned(),

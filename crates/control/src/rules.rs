@@ -61,6 +61,50 @@ pub const MAX_ENVIRONMENT_BYTES: usize = 4096;
 /// Longest description.
 pub const MAX_DESCRIPTION_CHARS: usize = 1000;
 
+/// Namespaces a node holds at most (`default` included).
+pub const MAX_NAMESPACES: usize = 100;
+
+/// Retries of a failed async invocation unless configured otherwise (SCF: 2).
+pub const DEFAULT_RETRY_NUM: u32 = 2;
+/// Most retries a function may ask for.
+pub const MAX_RETRY_NUM: u32 = 2;
+/// Shortest time-to-live of an async event, seconds.
+pub const MIN_MSG_TTL_SECS: u32 = 60;
+/// Longest (and default) time-to-live of an async event, seconds: 24 hours.
+pub const MAX_MSG_TTL_SECS: u32 = 86_400;
+
+/// Checks an async retry number.
+///
+/// # Errors
+/// `LimitExceeded.RetryNum`.
+pub fn check_retry_num(retry_num: u32) -> Result<(), ControlError> {
+    if retry_num <= MAX_RETRY_NUM {
+        Ok(())
+    } else {
+        Err(invalid(
+            "LimitExceeded.RetryNum",
+            format!("RetryNum {retry_num} is invalid: use 0 to {MAX_RETRY_NUM}"),
+        ))
+    }
+}
+
+/// Checks an async event time-to-live.
+///
+/// # Errors
+/// `LimitExceeded.MsgTTL`.
+pub fn check_msg_ttl(msg_ttl: u32) -> Result<(), ControlError> {
+    if (MIN_MSG_TTL_SECS..=MAX_MSG_TTL_SECS).contains(&msg_ttl) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "LimitExceeded.MsgTTL",
+            format!(
+                "MsgTTL {msg_ttl} is invalid: use {MIN_MSG_TTL_SECS} to {MAX_MSG_TTL_SECS} seconds"
+            ),
+        ))
+    }
+}
+
 /// The language family of a runtime, which decides the handler file's extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuntimeFamily {

@@ -2,7 +2,7 @@
 //! and turns whatever happened into an [`InvocationOutcome`].
 //!
 //! ```text
-//! invoke ─> Pools::acquire ─┬─ Exceeded ──────────────────────────────> 432 at once
+//! invoke ─> Pools::acquire ─┬─ Exceeded, OverBudget ──────────────────> 432 at once
 //!                           ├─ Warm(instance) ─┐
 //!                           └─ Cold ── start ──┴─> Lease ─> Instance::run ─> outcome
 //!                                                    │
@@ -19,10 +19,13 @@
 //!
 //! # Limitations
 //!
-//! - Concurrency is one node-wide number per function ([`EngineConfig::default_concurrency`]);
-//!   SCF's reserved concurrency (accounted in MB) and a node memory budget are not enforced.
-//! - Memory is measured, not limited: status 434 (memory limit reached) is never produced.
+//! - Concurrency is one node-wide number per function ([`EngineConfig::default_concurrency`])
+//!   plus the node's memory budget ([`EngineConfig::memory_budget_mb`]); SCF's reserved
+//!   concurrency (accounted in MB per function) is not enforced.
 //! - Instances start cold on demand; there is no pre-initialised (zygote) interpreter yet.
+//! - A failed start (init timeout, crash while loading) is not remembered: every invocation
+//!   that needs an instance tries once more, so a function whose init always fails costs one
+//!   start per call (never more, never in a loop). A back-off would spare the host.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
@@ -31,9 +34,10 @@ use tokio::runtime::Handle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::instance::{Instance, Invocation, Run, RunEnd};
+use crate::instance::{Instance, Invocation, Limits, Run, RunEnd};
 use crate::log::{self, Body, Report};
-use crate::pool::{Admission, FunctionKey, Pools, Tag, Ticket};
+use crate::memory;
+use crate::pool::{Admission, Demand, FunctionKey, Pools, Tag, Ticket};
 use crate::protocol::{self, EventFrame, Reply};
 use crate::runtime::{self, Shims};
 use crate::sandbox::{self, Spawner};
@@ -41,9 +45,6 @@ use crate::{
     EngineConfig, EngineError, FunctionSpec, InvocationOutcome, InvocationRequest,
     InvocationResult, scf,
 };
-
-/// How long a new instance may take to say it is ready (SCF's default init timeout).
-const INIT_TIMEOUT: Duration = Duration::from_secs(65);
 
 /// Runs invocations on pools of instances. Cheap to clone: clones share the pools.
 #[derive(Debug, Clone)]
@@ -74,11 +75,12 @@ impl Engine {
         let shims = Shims::install(&config.runtime_dir)?;
         let spawner = Spawner::start(runtime.clone())?;
         let period = reaper_period(config.keep_alive);
+        let pools = Pools::with_budget(config.memory_budget_mb);
         let inner = Arc::new(Inner {
             config,
             shims,
             spawner,
-            pools: Mutex::new(Pools::default()),
+            pools: Mutex::new(pools),
         });
         runtime.spawn(reap_idle(Arc::downgrade(&inner), period));
         Ok(Engine { inner })
@@ -142,6 +144,12 @@ impl Engine {
     pub fn live_instances(&self) -> usize {
         self.inner.lock().live()
     }
+
+    /// Memory counted against [`EngineConfig::memory_budget_mb`] right now: the sum of
+    /// `memory_mb` over live instances.
+    pub fn live_memory_mb(&self) -> u64 {
+        self.inner.lock().committed_mb()
+    }
 }
 
 impl Inner {
@@ -158,8 +166,17 @@ impl Inner {
             namespace: spec.namespace.clone(),
             name: spec.name.clone(),
         };
-        let limit = usize::try_from(self.config.default_concurrency).unwrap_or(usize::MAX);
-        let grant = self.lock().acquire(&key, &tag_of(spec), limit);
+        let tag = tag_of(spec);
+        let demand = Demand {
+            key: &key,
+            tag: &tag,
+            limit: usize::try_from(self.config.default_concurrency).unwrap_or(usize::MAX),
+            memory_mb: spec.memory_mb,
+        };
+        let grant = self.lock().acquire(demand);
+        if !grant.evicted.is_empty() {
+            tracing::debug!(count = grant.evicted.len(), "stopping idle instances");
+        }
         stop_all(grant.evicted).await;
 
         let (warm, ticket) = match (grant.admission, grant.ticket) {
@@ -168,6 +185,11 @@ impl Inner {
             (Admission::Exceeded, _) => {
                 let message = scf::concurrency_message(&spec.name, self.config.default_concurrency);
                 tracing::debug!("concurrency exceeded");
+                return rejected(&request, scf::CONCURRENCY_EXCEEDED, &message);
+            }
+            (Admission::OverBudget, _) => {
+                let message = scf::budget_message(&spec.name, self.config.memory_budget_mb);
+                tracing::debug!("memory budget exhausted");
                 return rejected(&request, scf::CONCURRENCY_EXCEEDED, &message);
             }
             _ => return self.platform_failure(spec, &request, &EngineError::ShutDown, false),
@@ -235,16 +257,14 @@ impl Inner {
 
     async fn start(&self, spec: &FunctionSpec, request_id: &str) -> Result<Instance, EngineError> {
         let token = new_token().map_err(EngineError::SpawnInstance)?;
-        let launch = runtime::launch(&self.config, &self.shims, spec, &token);
+        let launch = runtime::launch(&self.config, &self.shims, spec, &token)?;
+        let limits = Limits {
+            init_timeout: spec.init_timeout,
+            memory_bytes: u64::from(spec.memory_mb) * 1024 * 1024,
+            log_bytes: self.config.log_limit_bytes,
+        };
         let started = Instant::now();
-        let instance = Instance::start(
-            &self.spawner,
-            &launch,
-            token,
-            INIT_TIMEOUT,
-            self.config.log_limit_bytes,
-        )
-        .await?;
+        let instance = Instance::start(&self.spawner, &launch, token, limits).await?;
         let init_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(
             pid = instance.pid(),
@@ -272,11 +292,19 @@ impl Inner {
         };
         let request_id = request.request_id.as_str();
         let result = match run.end {
+            RunEnd::Replied(reply) if reply.status_code == Some(scf::MEMORY_LIMIT_REACHED) => {
+                let trace = reply.err_msg.as_deref().and_then(stack_trace);
+                memory_exceeded(spec, request_id, &mut body, trace.as_deref())
+            }
             RunEnd::Replied(reply) => reply_result(request_id, reply),
             RunEnd::TimedOut => {
                 let message = scf::timeout_message(spec.timeout);
                 body.notes.push(message.clone());
                 scf::failure(scf::TIME_LIMIT_REACHED, request_id, &message)
+            }
+            RunEnd::MemoryExceeded => memory_exceeded(spec, request_id, &mut body, None),
+            RunEnd::Exited if memory::reports_out_of_memory(&body.output) => {
+                memory_exceeded(spec, request_id, &mut body, None)
             }
             RunEnd::Exited | RunEnd::Stale => {
                 body.notes.push(scf::PROCESS_EXITED_MESSAGE.to_owned());
@@ -318,27 +346,38 @@ impl Inner {
         request: &InvocationRequest,
         err: EngineError,
     ) -> InvocationOutcome {
-        let (status_code, output) = match err {
-            EngineError::InstanceExitedAtStart { output } => {
-                let failure = EngineError::InstanceExitedAtStart {
-                    output: String::new(),
-                };
-                log_platform_failure(&failure);
-                (scf::CONTAINER_INIT_ERROR, output)
+        let (status_code, message) = match &err {
+            EngineError::InstanceExitedAtStart { .. } => (
+                scf::CONTAINER_INIT_ERROR,
+                "instance failed to start".to_owned(),
+            ),
+            EngineError::InstanceInitTimedOut { timeout, .. } => {
+                (scf::INIT_TIMEOUT, scf::init_timeout_message(*timeout))
             }
-            EngineError::InstanceInitTimedOut(_) => {
-                log_platform_failure(&err);
-                (scf::INIT_TIMEOUT, String::new())
-            }
-            other => return self.platform_failure(spec, request, &other, true),
+            EngineError::InstanceMemoryExceededAtStart { .. } => (
+                scf::MEMORY_LIMIT_REACHED,
+                scf::memory_message(spec.memory_mb),
+            ),
+            EngineError::RuntimeUnavailable { .. } => (scf::CONTAINER_INIT_ERROR, err.to_string()),
+            _ => return self.platform_failure(spec, request, &err, true),
         };
-        let message = "instance failed to start";
+        // The function's failure, not the platform's: no error line.
+        tracing::info!(
+            error = &err as &dyn std::error::Error,
+            "instance failed to start"
+        );
+        let output = match err {
+            EngineError::InstanceExitedAtStart { output }
+            | EngineError::InstanceInitTimedOut { output, .. }
+            | EngineError::InstanceMemoryExceededAtStart { output } => output,
+            _ => String::new(),
+        };
         let body = Body {
             output,
             truncated: false,
-            notes: vec![message.to_owned()],
+            notes: vec![message.clone()],
         };
-        self.failed_outcome(spec, request, status_code, message, body, true)
+        self.failed_outcome(spec, request, status_code, &message, body, true)
     }
 
     /// The outcome of a failure of the platform itself, logged here.
@@ -423,6 +462,25 @@ fn reply_result(request_id: &str, reply: Reply) -> InvocationResult {
         },
         None => scf::failure(status_code, request_id, "user code exception caught"),
     }
+}
+
+/// Status 434 for an instance that ran out of memory, noted in its log; the stack trace is the
+/// shim's, when the runtime reported the failed allocation itself.
+fn memory_exceeded(
+    spec: &FunctionSpec,
+    request_id: &str,
+    body: &mut Body,
+    stack_trace: Option<&str>,
+) -> InvocationResult {
+    let message = scf::memory_message(spec.memory_mb);
+    body.notes.push(message.clone());
+    scf::failure_with_trace(scf::MEMORY_LIMIT_REACHED, request_id, &message, stack_trace)
+}
+
+/// The `stackTrace` of a shim's error object, if it has one.
+fn stack_trace(err_msg: &str) -> Option<String> {
+    let body: serde_json::Value = serde_json::from_str(err_msg).ok()?;
+    body.get("stackTrace")?.as_str().map(str::to_owned)
 }
 
 fn response_too_large(request_id: &str) -> InvocationResult {

@@ -1,6 +1,7 @@
 //! The engine's error type.
 //!
-//! Only [`crate::Engine::new`] and [`crate::resolve_python`] return these to a caller. Everything
+//! Only [`crate::Engine::new`], [`crate::resolve_python`] and [`crate::resolve_node`] return
+//! these to a caller. Everything
 //! that goes wrong during an invocation ends as an [`crate::InvocationResult::Failed`]; the
 //! variants below that describe instance failures exist so that the one place which handles such
 //! a failure can log it with its cause.
@@ -32,6 +33,28 @@ pub enum EngineError {
     /// The Python candidate did not print an absolute interpreter path.
     #[error("python candidate `{candidate}` printed no absolute interpreter path")]
     PythonPath {
+        /// The command that was tried.
+        candidate: String,
+    },
+    /// The Node.js candidate could not be started at all.
+    #[error("cannot run node candidate `{candidate}`")]
+    RunNode {
+        /// The command that was tried, e.g. `node`.
+        candidate: String,
+        /// Why it could not be run.
+        source: io::Error,
+    },
+    /// The Node.js candidate ran but did not succeed.
+    #[error("node candidate `{candidate}` exited with {status}")]
+    NodeFailed {
+        /// The command that was tried.
+        candidate: String,
+        /// How it ended.
+        status: ExitStatus,
+    },
+    /// The Node.js candidate did not print an absolute binary path.
+    #[error("node candidate `{candidate}` printed no absolute binary path")]
+    NodePath {
         /// The command that was tried.
         candidate: String,
     },
@@ -76,8 +99,26 @@ pub enum EngineError {
         output: String,
     },
     /// An instance did not say it was ready in time.
-    #[error("instance was not ready within {0:?}")]
-    InstanceInitTimedOut(std::time::Duration),
+    #[error("instance was not ready within {timeout:?}")]
+    InstanceInitTimedOut {
+        /// The init timeout that passed.
+        timeout: std::time::Duration,
+        /// What the instance printed meanwhile (for the invocation's log).
+        output: String,
+    },
+    /// An instance used more memory than its function may while starting.
+    #[error("instance exceeded its memory limit while starting")]
+    InstanceMemoryExceededAtStart {
+        /// What the instance printed meanwhile (for the invocation's log).
+        output: String,
+    },
+    /// The function's runtime cannot be served by this engine (e.g. no Node.js binary is
+    /// configured).
+    #[error("runtime {runtime} is not available on this node")]
+    RuntimeUnavailable {
+        /// The runtime's SCF family name.
+        runtime: &'static str,
+    },
     /// Reading from or writing to an instance's control channel failed.
     #[error("control channel to the instance failed")]
     Control(#[source] io::Error),

@@ -12,15 +12,34 @@ use std::time::Duration;
 pub enum Runtime {
     /// CPython 3, through `runtimes/python/bootstrap.py`.
     Python3,
+    /// Node.js, through `runtimes/nodejs/bootstrap.js`; needs [`crate::EngineConfig::node`].
+    Nodejs,
 }
 
 impl Runtime {
-    /// The runtime's family name as SCF spells it; the Python shim refines it to the exact
-    /// minor version (`Python3.11`) inside the instance.
+    /// The runtime's family name as SCF spells it; the shims refine it to the exact minor
+    /// version (`Python3.11`, `Nodejs20.20`) inside the instance.
     pub fn scf_name(self) -> &'static str {
         match self {
             Runtime::Python3 => "Python3",
+            Runtime::Nodejs => "Nodejs",
         }
+    }
+
+    /// The runtime that serves an SCF runtime name such as `Python3.9` or `Nodejs18.15`: any
+    /// `Python3.<minor>` or `Nodejs<major>.<minor>` maps to the host's interpreter of that
+    /// family. `None` for every other name (`Python2.7`, `Go1`, `CustomRuntime`, ...).
+    pub fn from_scf_name(name: &str) -> Option<Runtime> {
+        let version_of = |prefix: &str| {
+            let version = name.strip_prefix(prefix)?;
+            let (major, minor) = version.split_once('.')?;
+            let numeric = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+            (numeric(major) && numeric(minor)).then_some(major.to_owned())
+        };
+        if version_of("Python").is_some_and(|major| major == "3") {
+            return Some(Runtime::Python3);
+        }
+        version_of("Nodejs").map(|_| Runtime::Nodejs)
     }
 }
 
@@ -43,10 +62,15 @@ pub struct FunctionSpec {
     /// Unpacked code; the handler's file sits at its root. Becomes the instance's working
     /// directory.
     pub code_dir: PathBuf,
-    /// Configured memory, reported to the handler and in the log's `Report` line.
+    /// Configured memory: the most one instance may use (see `memory.rs`), reported to the
+    /// handler and in the log's `Report` line, and what the instance counts against the node's
+    /// memory budget.
     pub memory_mb: u32,
     /// Execution time limit of one invocation.
     pub timeout: Duration,
+    /// How long a new instance may take to start and load the handler's code (SCF's
+    /// `InitTimeout`, default [`crate::DEFAULT_INIT_TIMEOUT`]).
+    pub init_timeout: Duration,
     /// The user's environment variables.
     pub environment: Vec<(String, String)>,
     /// Region name, e.g. `ap-guangzhou`.
@@ -75,7 +99,8 @@ pub struct InvocationOutcome {
     /// From handing the event over to receiving the result (zero if the invocation never
     /// reached an instance).
     pub duration: Duration,
-    /// Peak resident memory of the instance's main process during this invocation.
+    /// Peak resident memory during this invocation: the instance's main process's high-water
+    /// mark, or the watchdog's largest sample of its whole process tree if that is larger.
     pub mem_usage_bytes: u64,
     /// Whether a new instance was started for it.
     pub cold_start: bool,
@@ -91,7 +116,8 @@ pub enum InvocationResult {
     },
     /// The invocation failed, by the user's code or the platform.
     Failed {
-        /// SCF function status code (430 user exception, 432 concurrency, 433 timeout, ...).
+        /// SCF function status code (430 user exception, 432 concurrency or memory budget,
+        /// 433 timeout, 434 memory limit, ...).
         status_code: u16,
         /// SCF's JSON error object as text.
         err_msg: String,
@@ -104,6 +130,40 @@ impl InvocationResult {
         match self {
             InvocationResult::Success { .. } => 200,
             InvocationResult::Failed { status_code, .. } => *status_code,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_scf_runtime_names_to_families() {
+        for name in ["Python3.6", "Python3.9", "Python3.10", "Python3.12"] {
+            assert_eq!(
+                Runtime::from_scf_name(name),
+                Some(Runtime::Python3),
+                "{name}"
+            );
+        }
+        for name in ["Nodejs6.10", "Nodejs16.13", "Nodejs18.15", "Nodejs20.20"] {
+            assert_eq!(
+                Runtime::from_scf_name(name),
+                Some(Runtime::Nodejs),
+                "{name}"
+            );
+        }
+        for name in [
+            "Python2.7",
+            "Python3",
+            "Nodejs",
+            "Nodejs18.",
+            "Go1",
+            "Php7",
+            "",
+        ] {
+            assert_eq!(Runtime::from_scf_name(name), None, "{name}");
         }
     }
 }

@@ -4,16 +4,18 @@
 //!  start ──> wait for {"ready"} ──> idle <──────────────┐
 //!                                    │ run              │ replied and marker seen
 //!                                    v                  │
-//!              write event frame, then read both channels until the reply
-//!                │ reply             │ control EOF        │ deadline
-//!                v                   v                    v
-//!          read log to marker    kill group, drain    kill group, drain
-//!                                log: Exited          log: TimedOut
+//!        write event frame, then read both channels and sample memory until the reply
+//!          │ reply             │ control EOF       │ deadline          │ over memory_mb
+//!          v                   v                   v                   v
+//!    read log to marker   kill group, drain   kill group, drain   kill group, drain
+//!                         log: Exited         log: TimedOut       log: MemoryExceeded
 //! ```
 //!
 //! While waiting for a frame the instance keeps reading its log pipe, so a handler that prints
-//! more than a pipe holds never blocks. An instance is reusable only after a clean reply whose
-//! log marker was seen; anything else leaves it for the engine to stop.
+//! more than a pipe holds never blocks, and samples its process tree's memory (see `memory.rs`),
+//! starting included. An instance is reusable only after a clean reply whose log marker was
+//! seen and that does not report running out of memory; anything else leaves it for the engine
+//! to stop.
 //!
 //! Killing never reaps: [`Instance::stop`] (or drop) does, after the engine has stopped
 //! advertising the process group for [`crate::Engine::shutdown`] to kill, so a group id is never
@@ -27,12 +29,12 @@ use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use crate::EngineError;
 use crate::log::{LogCollector, end_marker};
-use crate::memory;
+use crate::memory::{self, Sample, Watchdog};
 use crate::protocol::{FrameReader, Hello, Reply};
 use crate::runtime::Launch;
 use crate::sandbox::{self, Spawned, Spawner};
+use crate::{EngineError, scf};
 
 /// How long the log marker may trail the reply before the instance is considered broken.
 const MARKER_GRACE: Duration = Duration::from_secs(2);
@@ -53,7 +55,19 @@ pub(crate) struct Instance {
     token: String,
     /// Output printed while starting, handed to the first invocation's log.
     boot_output: String,
+    watchdog: Watchdog,
     reaped: bool,
+}
+
+/// What an instance may use.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    /// How long starting (and loading the handler) may take.
+    pub(crate) init_timeout: Duration,
+    /// Resident memory of the whole process tree.
+    pub(crate) memory_bytes: u64,
+    /// Output kept from starting.
+    pub(crate) log_bytes: usize,
 }
 
 /// What one invocation needs from the engine.
@@ -75,6 +89,8 @@ pub(crate) enum RunEnd {
     Exited,
     /// The deadline passed; the instance was killed.
     TimedOut,
+    /// The process tree used more memory than allowed; the instance was killed.
+    MemoryExceeded,
     /// The channel failed or the shim broke the protocol; the instance was killed.
     Broken(EngineError),
     /// The event could not even be delivered: the instance had died while idle.
@@ -93,12 +109,17 @@ pub(crate) struct Run {
 impl Run {
     /// Whether the instance may serve another invocation.
     pub(crate) fn reusable(&self) -> bool {
-        matches!(self.end, RunEnd::Replied(_)) && self.log.marker_seen()
+        let clean = matches!(
+            &self.end,
+            RunEnd::Replied(reply) if reply.status_code != Some(scf::MEMORY_LIMIT_REACHED)
+        );
+        clean && self.log.marker_seen()
     }
 }
 
 enum Wait {
     Deadline,
+    MemoryExceeded,
     Failed(EngineError),
 }
 
@@ -110,8 +131,7 @@ impl Instance {
         spawner: &Spawner,
         launch: &Launch,
         token: String,
-        init_timeout: Duration,
-        log_limit: usize,
+        limits: Limits,
     ) -> Result<Instance, EngineError> {
         let Spawned {
             child,
@@ -133,9 +153,13 @@ impl Instance {
             scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             token,
             boot_output: String::new(),
+            watchdog: Watchdog::new(pid, limits.memory_bytes),
             reaped: false,
         };
-        match instance.await_ready(init_timeout, log_limit).await {
+        match instance
+            .await_ready(limits.init_timeout, limits.log_bytes)
+            .await
+        {
             Ok(()) => Ok(instance),
             Err(err) => {
                 instance.stop().await;
@@ -158,6 +182,7 @@ impl Instance {
             self.drain_log(&mut boot).await;
         }
         self.boot_output = boot.finish().0;
+        let mut output = || std::mem::take(&mut self.boot_output);
         match frame {
             Ok(Some(bytes)) => {
                 let hello: Hello =
@@ -165,18 +190,18 @@ impl Instance {
                 if hello.ready {
                     Ok(())
                 } else {
-                    Err(self.exited_at_start())
+                    Err(EngineError::InstanceExitedAtStart { output: output() })
                 }
             }
-            Ok(None) => Err(self.exited_at_start()),
-            Err(Wait::Deadline) => Err(EngineError::InstanceInitTimedOut(init_timeout)),
+            Ok(None) => Err(EngineError::InstanceExitedAtStart { output: output() }),
+            Err(Wait::Deadline) => Err(EngineError::InstanceInitTimedOut {
+                timeout: init_timeout,
+                output: output(),
+            }),
+            Err(Wait::MemoryExceeded) => {
+                Err(EngineError::InstanceMemoryExceededAtStart { output: output() })
+            }
             Err(Wait::Failed(err)) => Err(err),
-        }
-    }
-
-    fn exited_at_start(&mut self) -> EngineError {
-        EngineError::InstanceExitedAtStart {
-            output: std::mem::take(&mut self.boot_output),
         }
     }
 
@@ -195,6 +220,7 @@ impl Instance {
         if let Err(err) = memory::reset_peak(self.pid) {
             tracing::debug!(pid = self.pid, %err, "cannot reset peak memory");
         }
+        self.watchdog.start_invocation();
 
         let started = std::time::Instant::now();
         let deadline = Instant::from_std(started) + invocation.timeout;
@@ -207,13 +233,17 @@ impl Instance {
                 let end = RunEnd::Broken(EngineError::Control(err));
                 return self.killed(end, log, started, 0).await;
             }
-            Err(_) => return self.time_out(log, started).await,
+            Err(_) => return self.stopped_at_peak(RunEnd::TimedOut, log, started).await,
         }
 
         match self.next_frame(deadline, &mut log).await {
             Ok(Some(bytes)) => self.replied(&bytes, log, started).await,
             Ok(None) => self.killed(RunEnd::Exited, log, started, 0).await,
-            Err(Wait::Deadline) => self.time_out(log, started).await,
+            Err(Wait::Deadline) => self.stopped_at_peak(RunEnd::TimedOut, log, started).await,
+            Err(Wait::MemoryExceeded) => {
+                self.stopped_at_peak(RunEnd::MemoryExceeded, log, started)
+                    .await
+            }
             Err(Wait::Failed(err)) => self.killed(RunEnd::Broken(err), log, started, 0).await,
         }
     }
@@ -242,10 +272,15 @@ impl Instance {
         }
     }
 
-    async fn time_out(&mut self, log: LogCollector, started: std::time::Instant) -> Run {
+    /// Kills an instance that is still alive, reporting its peak memory.
+    async fn stopped_at_peak(
+        &mut self,
+        end: RunEnd,
+        log: LogCollector,
+        started: std::time::Instant,
+    ) -> Run {
         let mem_usage_bytes = self.peak_memory();
-        self.killed(RunEnd::TimedOut, log, started, mem_usage_bytes)
-            .await
+        self.killed(end, log, started, mem_usage_bytes).await
     }
 
     /// Kills the process group and collects what is still in the log pipe.
@@ -267,12 +302,14 @@ impl Instance {
         }
     }
 
-    /// Waits for the next control frame while feeding the log pipe into `log`.
+    /// Waits for the next control frame while feeding the log pipe into `log` and watching
+    /// memory.
     async fn next_frame(
         &mut self,
         deadline: Instant,
         log: &mut LogCollector,
     ) -> Result<Option<Vec<u8>>, Wait> {
+        let mut sample_at = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -282,6 +319,13 @@ impl Instance {
                 read = self.log.read(&mut self.scratch), if self.log_open => {
                     self.take_log_read(read, log);
                 }
+                () = sleep_until(sample_at) => match self.watchdog.sample() {
+                    Sample::Within(pause) => sample_at = Instant::now() + pause,
+                    Sample::Exceeded { resident_bytes } => {
+                        tracing::debug!(pid = self.pid, resident_bytes, "memory limit exceeded");
+                        return Err(Wait::MemoryExceeded);
+                    }
+                },
                 () = sleep_until(deadline) => return Err(Wait::Deadline),
             }
         }
@@ -343,11 +387,14 @@ impl Instance {
         }
     }
 
+    /// The larger of the main process's high-water mark and the watchdog's largest sample of
+    /// the tree, since the invocation started.
     fn peak_memory(&self) -> u64 {
-        memory::read_peak_bytes(self.pid).unwrap_or_else(|err| {
+        let main = memory::read_peak_bytes(self.pid).unwrap_or_else(|err| {
             tracing::debug!(pid = self.pid, %err, "cannot read peak memory");
             0
-        })
+        });
+        main.max(self.watchdog.peak_bytes())
     }
 
     fn kill(&self) {

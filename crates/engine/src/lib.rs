@@ -6,23 +6,27 @@
 //! [`InvocationRequest`] and gets an [`InvocationOutcome`] back.
 //!
 //! ```text
-//! Engine ── pools (per namespace/function) ── Instance ── shim process (runtimes/python/...)
+//! Engine ── pools (per namespace/function) ── Instance ── shim process (runtimes/python/...,
+//!                                                │        runtimes/nodejs/...)
 //!                                                │  control: socketpair on the shim's stdin,
 //!                                                │           length-prefixed JSON frames
-//!                                                └─ log: one pipe as the shim's stdout+stderr
+//!                                                ├─ log: one pipe as the shim's stdout+stderr
+//!                                                └─ memory: RLIMIT_DATA + a watchdog on /proc
 //! ```
 //!
-//! Module map: `engine` (admission, leases, outcomes, reaper), `pool` (bookkeeping),
-//! `instance` (one process, one invocation at a time), `protocol` (frames), `log` (cutting and
-//! framing logs), `memory` (per-invocation peak), `runtime` (shims, environment, context),
-//! `sandbox` (spawning and killing; the only `unsafe`), `scf` (status codes and error objects).
+//! Module map: `engine` (admission, leases, outcomes, reaper), `pool` (bookkeeping, the memory
+//! budget), `instance` (one process, one invocation at a time), `protocol` (frames), `log`
+//! (cutting and framing logs), `memory` (limits, watchdog, per-invocation peak), `runtime`
+//! (shims, environment, context), `sandbox` (spawning and killing; the only `unsafe`), `scf`
+//! (status codes and error objects).
 //!
 //! # Limitations
 //!
-//! - Only the Python 3 runtime exists; Node.js and custom runtimes are to be added as new
+//! - Python 3 and Node.js (CommonJS handlers) exist; custom runtimes are to be added as new
 //!   [`Runtime`] variants with their own shim and launch plan in `runtime.rs`.
-//! - Instances are plain child processes: no namespaces, cgroups, rlimits or seccomp yet (see
-//!   `sandbox.rs`), and memory is measured through `/proc`, not limited (see `memory.rs`).
+//! - Instances are plain child processes: no namespaces, cgroups or seccomp yet (see
+//!   `sandbox.rs`); memory is limited by `RLIMIT_DATA` and a watchdog, not a cgroup (see
+//!   `memory.rs`).
 
 #![warn(missing_docs)]
 
@@ -40,7 +44,8 @@ mod sandbox;
 mod scf;
 
 pub use config::{
-    DEFAULT_CONCURRENCY, DEFAULT_KEEP_ALIVE, DEFAULT_LOG_LIMIT_BYTES, EngineConfig, resolve_python,
+    DEFAULT_CONCURRENCY, DEFAULT_INIT_TIMEOUT, DEFAULT_KEEP_ALIVE, DEFAULT_LOG_LIMIT_BYTES,
+    DEFAULT_MEMORY_BUDGET_MB, EngineConfig, resolve_node, resolve_python,
 };
 pub use engine::Engine;
 pub use error::EngineError;

@@ -1,5 +1,6 @@
 //! Instance pools: per function, which instances are idle, how many are leased to invocations,
-//! and whether another may be started.
+//! and whether another may be started within the function's concurrency limit and the node's
+//! memory budget.
 //!
 //! This is bookkeeping only, generic over the instance type so that it is tested without
 //! processes. The engine keeps one [`Pools`] under a mutex and starts, stops and kills processes
@@ -13,10 +14,18 @@
 //!     └── release(None), retired, closed, evicted, expired ───── stop
 //! ```
 //!
+//! Memory budget: every live instance (idle or leased) counts at its function's `memory_mb`.
+//! A cold start that would take the sum past the budget first evicts idle instances, least
+//! recently used first and of any function, but only if evicting all of them would make room;
+//! otherwise it is refused ([`Admission::OverBudget`]) and nothing is evicted. A warm start
+//! reuses memory already counted.
+//!
 //! Invariants: a function's live count (idle + leased) never exceeds the limit it is acquired
-//! with; a pool entry exists while it has live instances and is removed when it has none; an
-//! instance released under an older generation (the function was retired meanwhile) or after
-//! close is handed back for stopping, never pooled.
+//! with; the committed memory is the sum of `memory_mb` over live instances and never exceeds
+//! the budget through an admission; a pool entry exists while it has live instances and is
+//! removed when it has none; an instance released under an older generation (the function was
+//! retired meanwhile) or after close is handed back for stopping, never pooled. Each pool's
+//! idle list is ordered by the time its instances were last released, oldest first.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -38,11 +47,23 @@ pub(crate) struct Tag {
     pub(crate) revision: u64,
 }
 
+/// What one invocation asks of the pools.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Demand<'a> {
+    pub(crate) key: &'a FunctionKey,
+    pub(crate) tag: &'a Tag,
+    /// Most live instances the function may have.
+    pub(crate) limit: usize,
+    /// What a new instance of the function counts against the memory budget.
+    pub(crate) memory_mb: u32,
+}
+
 /// Identifies one lease of an instance slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Ticket {
     id: u64,
     generation: u64,
+    memory_mb: u32,
 }
 
 /// Whether an invocation may run, and on what.
@@ -54,6 +75,8 @@ pub(crate) enum Admission<I> {
     Cold,
     /// The function is at its concurrency limit.
     Exceeded,
+    /// A new instance would not fit into the node's memory budget.
+    OverBudget,
     /// The engine is shut down.
     Closed,
 }
@@ -73,6 +96,7 @@ struct Idle<I> {
     instance: I,
     tag: Tag,
     since: Instant,
+    memory_mb: u32,
 }
 
 #[derive(Debug)]
@@ -98,21 +122,32 @@ pub(crate) struct Pools<I> {
     next_id: u64,
     closed: bool,
     leased: watch::Sender<usize>,
+    budget_mb: u64,
+    /// Sum of `memory_mb` over live instances.
+    committed_mb: u64,
 }
 
 impl<I> Default for Pools<I> {
+    /// Pools without a memory budget.
     fn default() -> Self {
+        Pools::with_budget(u64::MAX)
+    }
+}
+
+impl<I> Pools<I> {
+    /// Pools whose live instances may add up to `budget_mb`.
+    pub(crate) fn with_budget(budget_mb: u64) -> Self {
         Pools {
             pools: HashMap::new(),
             busy: HashMap::new(),
             next_id: 0,
             closed: false,
             leased: watch::Sender::new(0),
+            budget_mb,
+            committed_mb: 0,
         }
     }
-}
 
-impl<I> Pools<I> {
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -123,9 +158,18 @@ impl<I> Pools<I> {
             .send_modify(|n| *n = n.saturating_add_signed(change));
     }
 
-    /// Decides how an invocation of `key` running `tag` gets an instance, with at most `limit`
-    /// live instances for the function.
-    pub(crate) fn acquire(&mut self, key: &FunctionKey, tag: &Tag, limit: usize) -> Grant<I> {
+    /// Takes idle entries out of the books, returning their instances for stopping.
+    fn discard(&mut self, idle: impl IntoIterator<Item = Idle<I>>) -> Vec<I> {
+        idle.into_iter()
+            .map(|i| {
+                self.committed_mb = self.committed_mb.saturating_sub(u64::from(i.memory_mb));
+                i.instance
+            })
+            .collect()
+    }
+
+    /// Decides how an invocation gets an instance.
+    pub(crate) fn acquire(&mut self, demand: Demand<'_>) -> Grant<I> {
         if self.closed {
             return Grant {
                 admission: Admission::Closed,
@@ -135,56 +179,105 @@ impl<I> Pools<I> {
         }
         let id = self.next_id();
         let fresh_generation = self.next_id();
-        let pool = self.pools.entry(key.clone()).or_insert_with(|| Pool {
-            idle: Vec::new(),
-            leased: 0,
-            generation: fresh_generation,
-        });
+        let pool = self
+            .pools
+            .entry(demand.key.clone())
+            .or_insert_with(|| Pool {
+                idle: Vec::new(),
+                leased: 0,
+                generation: fresh_generation,
+            });
+        let generation = pool.generation;
 
-        let mut evicted: Vec<I> = pool
+        // Idle instances of an older revision of this version are never used again.
+        let mut dropped: Vec<Idle<I>> = pool
             .idle
             .extract_if(.., |i| {
-                i.tag.version == tag.version && i.tag.revision != tag.revision
+                i.tag.version == demand.tag.version && i.tag.revision != demand.tag.revision
             })
-            .map(|i| i.instance)
             .collect();
-        let warm = pool.idle.iter().rposition(|i| i.tag == *tag);
-        let admission = match warm {
-            Some(at) => Admission::Warm(pool.idle.remove(at).instance),
+        let warm = pool.idle.iter().rposition(|i| i.tag == *demand.tag);
+        let (admission, memory_mb) = match warm {
+            Some(at) => {
+                let idle = pool.idle.remove(at);
+                (Admission::Warm(idle.instance), idle.memory_mb)
+            }
             None => {
-                if pool.live() >= limit && !pool.idle.is_empty() {
+                if pool.live() >= demand.limit && !pool.idle.is_empty() {
                     // Make room by stopping the least recently used instance of another version.
-                    evicted.push(pool.idle.remove(0).instance);
+                    dropped.push(pool.idle.remove(0));
                 }
-                if pool.live() < limit {
+                let admission = if pool.live() < demand.limit {
                     Admission::Cold
                 } else {
                     Admission::Exceeded
-                }
+                };
+                (admission, demand.memory_mb)
             }
+        };
+        let mut evicted = self.discard(dropped);
+        let admission = match admission {
+            Admission::Cold => self.make_room(u64::from(memory_mb), &mut evicted),
+            other => other,
         };
 
         let ticket = match admission {
             Admission::Warm(_) | Admission::Cold => {
-                pool.leased += 1;
+                if let Some(pool) = self.pools.get_mut(demand.key) {
+                    pool.leased += 1;
+                }
+                if matches!(admission, Admission::Cold) {
+                    self.committed_mb += u64::from(memory_mb);
+                }
+                self.count_leases(1);
                 Some(Ticket {
                     id,
-                    generation: pool.generation,
+                    generation,
+                    memory_mb,
                 })
             }
-            Admission::Exceeded | Admission::Closed => None,
+            Admission::Exceeded | Admission::OverBudget | Admission::Closed => None,
         };
-        if pool.live() == 0 {
-            self.pools.remove(key);
-        }
-        if ticket.is_some() {
-            self.count_leases(1);
-        }
+        self.pools.retain(|_, pool| pool.live() > 0);
         Grant {
             admission,
             ticket,
             evicted,
         }
+    }
+
+    /// Admits a cold start of `memory_mb` within the budget, evicting least recently used idle
+    /// instances if that makes enough room; otherwise evicts nothing.
+    fn make_room(&mut self, memory_mb: u64, evicted: &mut Vec<I>) -> Admission<I> {
+        let needed = self.committed_mb.saturating_add(memory_mb);
+        if needed <= self.budget_mb {
+            return Admission::Cold;
+        }
+        let excess = needed - self.budget_mb;
+        let idle_mb: u64 = self
+            .pools
+            .values()
+            .flat_map(|pool| &pool.idle)
+            .map(|i| u64::from(i.memory_mb))
+            .sum();
+        if idle_mb < excess {
+            return Admission::OverBudget;
+        }
+        let mut freed = 0;
+        while freed < excess {
+            let oldest = self
+                .pools
+                .values_mut()
+                .filter(|pool| !pool.idle.is_empty())
+                .min_by_key(|pool| pool.idle[0].since);
+            let Some(pool) = oldest else {
+                break;
+            };
+            let idle = pool.idle.remove(0);
+            freed += u64::from(idle.memory_mb);
+            evicted.extend(self.discard([idle]));
+        }
+        Admission::Cold
     }
 
     /// Records that the leased instance runs as process group `pid`, for [`Pools::close`] to
@@ -213,25 +306,36 @@ impl<I> Pools<I> {
     ) -> Option<I> {
         self.busy.remove(&ticket.id);
         self.count_leases(-1);
-        let Some(pool) = self.pools.get_mut(key) else {
-            return returned.map(|(instance, _)| instance);
-        };
-        pool.leased = pool.leased.saturating_sub(1);
-        let rejected = match returned {
-            Some((instance, tag)) if !self.closed && pool.generation == ticket.generation => {
-                pool.idle.push(Idle {
-                    instance,
-                    tag,
-                    since: now,
-                });
-                None
+        let pooled = match self.pools.get_mut(key) {
+            Some(pool) => {
+                pool.leased = pool.leased.saturating_sub(1);
+                match returned {
+                    Some((instance, tag))
+                        if !self.closed && pool.generation == ticket.generation =>
+                    {
+                        pool.idle.push(Idle {
+                            instance,
+                            tag,
+                            since: now,
+                            memory_mb: ticket.memory_mb,
+                        });
+                        None
+                    }
+                    other => Some(other.map(|(instance, _)| instance)),
+                }
             }
-            other => other.map(|(instance, _)| instance),
+            None => Some(returned.map(|(instance, _)| instance)),
         };
-        if pool.live() == 0 {
-            self.pools.remove(key);
+        self.pools.retain(|_, pool| pool.live() > 0);
+        match pooled {
+            None => None,
+            Some(rejected) => {
+                self.committed_mb = self
+                    .committed_mb
+                    .saturating_sub(u64::from(ticket.memory_mb));
+                rejected
+            }
         }
-        rejected
     }
 
     /// Takes the idle instances of `key` for stopping; leased ones are stopped on release.
@@ -241,11 +345,9 @@ impl<I> Pools<I> {
             return Vec::new();
         };
         pool.generation = generation;
-        let retired = pool.idle.drain(..).map(|i| i.instance).collect();
-        if pool.live() == 0 {
-            self.pools.remove(key);
-        }
-        retired
+        let idle: Vec<Idle<I>> = pool.idle.drain(..).collect();
+        self.pools.retain(|_, pool| pool.live() > 0);
+        self.discard(idle)
     }
 
     /// Takes the instances idle for `keep_alive` or longer at `now`.
@@ -255,23 +357,23 @@ impl<I> Pools<I> {
             let old = pool
                 .idle
                 .extract_if(.., |i| now.saturating_duration_since(i.since) >= keep_alive);
-            expired.extend(old.map(|i| i.instance));
+            expired.extend(old);
         }
         self.pools.retain(|_, pool| pool.live() > 0);
-        expired
+        self.discard(expired)
     }
 
     /// Refuses further leases; returns every idle instance and the process groups of running
     /// ones (to be killed while this lock is held, so none of them is reaped meanwhile).
     pub(crate) fn close(&mut self) -> (Vec<I>, Vec<u32>) {
         self.closed = true;
-        let idle = self
+        let idle: Vec<Idle<I>> = self
             .pools
             .values_mut()
-            .flat_map(|pool| pool.idle.drain(..).map(|i| i.instance))
+            .flat_map(|pool| pool.idle.drain(..))
             .collect();
         self.pools.retain(|_, pool| pool.live() > 0);
-        (idle, self.busy.values().copied().collect())
+        (self.discard(idle), self.busy.values().copied().collect())
     }
 
     /// Whether [`Pools::close`] was called.
@@ -282,6 +384,11 @@ impl<I> Pools<I> {
     /// Idle plus leased instances, all functions.
     pub(crate) fn live(&self) -> usize {
         self.pools.values().map(Pool::live).sum()
+    }
+
+    /// Sum of `memory_mb` over live instances.
+    pub(crate) fn committed_mb(&self) -> u64 {
+        self.committed_mb
     }
 
     /// Watches the number of open leases.
@@ -308,13 +415,32 @@ mod tests {
         }
     }
 
+    fn acquire(pools: &mut Pools<u32>, name: &str, tag: &Tag, limit: usize) -> Grant<u32> {
+        acquire_mb(pools, name, tag, limit, 128)
+    }
+
+    fn acquire_mb(
+        pools: &mut Pools<u32>,
+        name: &str,
+        tag: &Tag,
+        limit: usize,
+        memory_mb: u32,
+    ) -> Grant<u32> {
+        pools.acquire(Demand {
+            key: &key(name),
+            tag,
+            limit,
+            memory_mb,
+        })
+    }
+
     fn lease(
         pools: &mut Pools<u32>,
         name: &str,
         tag: &Tag,
         limit: usize,
     ) -> (Admission<u32>, Ticket) {
-        let grant = pools.acquire(&key(name), tag, limit);
+        let grant = acquire(pools, name, tag, limit);
         (grant.admission, grant.ticket.expect("admitted"))
     }
 
@@ -346,7 +472,7 @@ mod tests {
             Instant::now(),
         );
 
-        let grant = pools.acquire(&key("f"), &tag("$LATEST", 2), 8);
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 2), 8);
         assert!(matches!(grant.admission, Admission::Cold));
         assert_eq!(grant.evicted, vec![7]);
         assert_eq!(pools.live(), 1);
@@ -358,7 +484,7 @@ mod tests {
         let (_, ticket) = lease(&mut pools, "f", &tag("1", 1), 8);
         pools.release(&key("f"), ticket, Some((7, tag("1", 1))), Instant::now());
 
-        let grant = pools.acquire(&key("f"), &tag("$LATEST", 2), 8);
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 2), 8);
         assert!(matches!(grant.admission, Admission::Cold));
         assert!(grant.evicted.is_empty());
         assert_eq!(pools.live(), 2);
@@ -370,7 +496,7 @@ mod tests {
         let (_, ticket) = lease(&mut pools, "f", &tag("1", 1), 1);
         pools.release(&key("f"), ticket, Some((7, tag("1", 1))), Instant::now());
 
-        let grant = pools.acquire(&key("f"), &tag("$LATEST", 2), 1);
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 2), 1);
         assert!(matches!(grant.admission, Admission::Cold));
         assert_eq!(grant.evicted, vec![7]);
     }
@@ -379,10 +505,10 @@ mod tests {
     fn rejects_beyond_concurrency_limit() {
         let mut pools = Pools::<u32>::default();
         let _first = lease(&mut pools, "f", &tag("$LATEST", 1), 1);
-        let grant = pools.acquire(&key("f"), &tag("$LATEST", 1), 1);
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 1), 1);
         assert!(matches!(grant.admission, Admission::Exceeded));
         assert!(grant.ticket.is_none());
-        let other = pools.acquire(&key("g"), &tag("$LATEST", 1), 1);
+        let other = acquire(&mut pools, "g", &tag("$LATEST", 1), 1);
         assert!(matches!(other.admission, Admission::Cold));
     }
 
@@ -393,7 +519,7 @@ mod tests {
         assert_eq!(pools.release(&key("f"), ticket, None, Instant::now()), None);
         assert_eq!(pools.live(), 0);
         assert!(pools.pools.is_empty());
-        let grant = pools.acquire(&key("f"), &tag("$LATEST", 1), 1);
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 1), 1);
         assert!(matches!(grant.admission, Admission::Cold));
     }
 
@@ -473,7 +599,7 @@ mod tests {
 
         assert_eq!(pools.close(), (vec![1], vec![4242]));
         assert!(pools.is_closed());
-        let grant = pools.acquire(&key("f"), &tag("$LATEST", 1), 8);
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 1), 8);
         assert!(matches!(grant.admission, Admission::Closed));
         assert!(!pools.register_busy(busy, 4243));
         let back = pools.release(
@@ -493,5 +619,128 @@ mod tests {
         assert_eq!(*watch.borrow(), 1);
         pools.release(&key("f"), ticket, None, Instant::now());
         assert_eq!(*watch.borrow(), 0);
+    }
+
+    fn budgeted(budget_mb: u64) -> Pools<u32> {
+        Pools::with_budget(budget_mb)
+    }
+
+    /// Leases an instance of `name` and returns it to the pool as `instance`, idle since `at`.
+    fn idle(pools: &mut Pools<u32>, name: &str, instance: u32, at: Instant) {
+        let (_, ticket) = lease(pools, name, &tag("$LATEST", 1), 8);
+        assert_eq!(
+            pools.release(&key(name), ticket, Some((instance, tag("$LATEST", 1))), at),
+            None
+        );
+    }
+
+    #[test]
+    fn live_instances_count_against_budget() {
+        let mut pools = budgeted(256);
+        let (_, ticket) = lease(&mut pools, "f", &tag("$LATEST", 1), 8);
+        assert_eq!(pools.committed_mb(), 128);
+        pools.release(
+            &key("f"),
+            ticket,
+            Some((1, tag("$LATEST", 1))),
+            Instant::now(),
+        );
+        assert_eq!(pools.committed_mb(), 128, "an idle instance still counts");
+        let grant = acquire(&mut pools, "g", &tag("$LATEST", 1), 8);
+        assert!(matches!(grant.admission, Admission::Cold));
+        assert!(grant.evicted.is_empty());
+        assert_eq!(pools.committed_mb(), 256);
+    }
+
+    #[test]
+    fn over_budget_evicts_least_recently_used_idle_of_any_function() {
+        let now = Instant::now();
+        let mut pools = budgeted(256);
+        idle(&mut pools, "f", 1, now);
+        idle(&mut pools, "g", 2, now + Duration::from_secs(1));
+        let grant = acquire(&mut pools, "h", &tag("$LATEST", 1), 8);
+        assert!(matches!(grant.admission, Admission::Cold));
+        assert_eq!(grant.evicted, vec![1]);
+        assert_eq!(pools.committed_mb(), 256);
+        assert_eq!(pools.live(), 2);
+    }
+
+    #[test]
+    fn evicts_as_many_idle_instances_as_needed() {
+        let now = Instant::now();
+        let mut pools = budgeted(384);
+        idle(&mut pools, "f", 1, now + Duration::from_secs(2));
+        idle(&mut pools, "g", 2, now);
+        idle(&mut pools, "h", 3, now + Duration::from_secs(1));
+        let grant = acquire_mb(&mut pools, "big", &tag("$LATEST", 1), 8, 256);
+        assert!(matches!(grant.admission, Admission::Cold));
+        assert_eq!(grant.evicted, vec![2, 3]);
+        assert_eq!(pools.committed_mb(), 384);
+    }
+
+    #[test]
+    fn over_budget_without_enough_idle_memory_is_refused_and_evicts_nothing() {
+        let mut pools = budgeted(256);
+        let _busy = lease(&mut pools, "f", &tag("$LATEST", 1), 8);
+        idle(&mut pools, "g", 2, Instant::now());
+        let grant = acquire_mb(&mut pools, "big", &tag("$LATEST", 1), 8, 256);
+        assert!(matches!(grant.admission, Admission::OverBudget));
+        assert!(grant.ticket.is_none());
+        assert!(grant.evicted.is_empty());
+        assert_eq!(pools.committed_mb(), 256);
+        // The idle instance survived and is still reused warm.
+        let again = acquire(&mut pools, "g", &tag("$LATEST", 1), 8);
+        assert!(matches!(again.admission, Admission::Warm(2)));
+    }
+
+    #[test]
+    fn function_larger_than_budget_is_refused() {
+        let mut pools = budgeted(100);
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 1), 8);
+        assert!(matches!(grant.admission, Admission::OverBudget));
+        assert_eq!(pools.live(), 0);
+        assert!(pools.pools.is_empty());
+    }
+
+    #[test]
+    fn warm_start_needs_no_room() {
+        let mut pools = budgeted(128);
+        idle(&mut pools, "f", 1, Instant::now());
+        let grant = acquire(&mut pools, "f", &tag("$LATEST", 1), 8);
+        assert!(matches!(grant.admission, Admission::Warm(1)));
+        assert_eq!(pools.committed_mb(), 128);
+    }
+
+    #[test]
+    fn stopped_instances_give_their_memory_back() {
+        let now = Instant::now();
+        let mut pools = budgeted(1024);
+        let (_, abandoned) = lease(&mut pools, "f", &tag("$LATEST", 1), 8);
+        pools.release(&key("f"), abandoned, None, now);
+        assert_eq!(pools.committed_mb(), 0);
+
+        idle(&mut pools, "f", 1, now);
+        idle(&mut pools, "g", 2, now);
+        let (_, busy) = lease(&mut pools, "h", &tag("$LATEST", 1), 8);
+        assert_eq!(pools.committed_mb(), 384);
+        assert_eq!(pools.retire(&key("f")), vec![1]);
+        assert_eq!(pools.committed_mb(), 256);
+        assert_eq!(
+            pools.expire(now + Duration::from_secs(1), Duration::ZERO),
+            vec![2]
+        );
+        assert_eq!(pools.committed_mb(), 128);
+        pools.retire(&key("h"));
+        let back = pools.release(&key("h"), busy, Some((3, tag("$LATEST", 1))), now);
+        assert_eq!(back, Some(3));
+        assert_eq!(pools.committed_mb(), 0);
+    }
+
+    #[test]
+    fn close_gives_idle_memory_back() {
+        let mut pools = budgeted(1024);
+        idle(&mut pools, "f", 1, Instant::now());
+        assert_eq!(pools.close().0, vec![1]);
+        assert_eq!(pools.committed_mb(), 0);
     }
 }

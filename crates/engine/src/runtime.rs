@@ -2,10 +2,27 @@
 //! context a handler sees.
 //!
 //! A runtime is a shim program plus a launch plan ([`Launch`]): program, arguments, working
-//! directory and a complete environment. The sandbox starts whatever plan it is given, so adding
-//! a runtime (Node.js, custom `bootstrap`) means adding a shim file and a `match` arm here.
+//! directory, a complete environment and the instance's `RLIMIT_DATA`. The sandbox starts
+//! whatever plan it is given, so adding a runtime (custom `bootstrap`) means adding a shim file
+//! and a `match` arm here.
 //!
-//! The environment is built from nothing (the engine's own is never inherited): a few base
+//! - Python 3: [`EngineConfig::python`] `-u -s runtimes/python/bootstrap.py`, code on
+//!   `PYTHONPATH`;
+//! - Node.js: [`EngineConfig::node`] `--max-old-space-size=<memory_mb>
+//!   runtimes/nodejs/bootstrap.js`, code and its `node_modules` on `NODE_PATH`.
+//!
+//! Both shims speak the protocol of `protocol.rs` on fd 0 and load the handler before they say
+//! they are ready, so loading is bounded by the init timeout and not billed to the first
+//! invocation. Their headers say how each maps SCF's handler semantics.
+//!
+//! # Limitations
+//!
+//! The Python shim moves the control socket off fd 0; the Node.js shim cannot (Node has no
+//! `dup2`) and only hides it behind an empty `process.stdin`, so Node.js user code reading fd 0
+//! directly breaks its instance. Node.js handlers must be CommonJS modules.
+//!
+//! The environment is built from nothing (the engine's own is never inherited, so neither is a
+//! variable such as `NODE_EXTRA_CA_CERTS`, which slows every Node.js start): a few base
 //! variables the user may override, then the user's variables, then the platform's `SCF_*`,
 //! `TENCENTCLOUD_*` and shim variables, which the user may not override.
 
@@ -13,10 +30,12 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use crate::{EngineConfig, EngineError, FunctionSpec, Runtime};
+use crate::{EngineConfig, EngineError, FunctionSpec, Runtime, memory};
 
 const PYTHON_BOOTSTRAP: &str = include_str!("../runtimes/python/bootstrap.py");
 const PYTHON_BOOTSTRAP_FILE: &str = "bootstrap.py";
+const NODE_BOOTSTRAP: &str = include_str!("../runtimes/nodejs/bootstrap.js");
+const NODE_BOOTSTRAP_FILE: &str = "bootstrap.js";
 
 /// Environment variable carrying the per-instance log marker token; the shim removes it.
 const LOG_TOKEN_VAR: &str = "_NIMBUS_LOG_TOKEN";
@@ -25,6 +44,7 @@ const LOG_TOKEN_VAR: &str = "_NIMBUS_LOG_TOKEN";
 #[derive(Debug)]
 pub(crate) struct Shims {
     python_bootstrap: PathBuf,
+    node_bootstrap: PathBuf,
 }
 
 impl Shims {
@@ -41,7 +61,12 @@ impl Shims {
             })?;
         let python_bootstrap = runtime_dir.join(PYTHON_BOOTSTRAP_FILE);
         write_atomically(&python_bootstrap, PYTHON_BOOTSTRAP)?;
-        Ok(Shims { python_bootstrap })
+        let node_bootstrap = runtime_dir.join(NODE_BOOTSTRAP_FILE);
+        write_atomically(&node_bootstrap, NODE_BOOTSTRAP)?;
+        Ok(Shims {
+            python_bootstrap,
+            node_bootstrap,
+        })
     }
 }
 
@@ -63,28 +88,48 @@ pub(crate) struct Launch {
     pub(crate) cwd: PathBuf,
     /// The complete environment.
     pub(crate) env: BTreeMap<String, String>,
+    /// `RLIMIT_DATA` of the instance's processes, in bytes.
+    pub(crate) data_limit_bytes: u64,
 }
 
 /// The launch plan for an instance of `spec` whose log marker token is `token`.
+///
+/// # Errors
+///
+/// [`EngineError::RuntimeUnavailable`] if the engine has no interpreter for the runtime.
 pub(crate) fn launch(
     config: &EngineConfig,
     shims: &Shims,
     spec: &FunctionSpec,
     token: &str,
-) -> Launch {
+) -> Result<Launch, EngineError> {
     let code_dir = std::path::absolute(&spec.code_dir).unwrap_or_else(|_| spec.code_dir.clone());
-    match spec.runtime {
-        Runtime::Python3 => Launch {
-            program: config.python.clone(),
-            args: vec![
+    let (program, args): (PathBuf, Vec<OsString>) = match spec.runtime {
+        Runtime::Python3 => (
+            config.python.clone(),
+            vec![
                 "-u".into(),
                 "-s".into(),
                 shims.python_bootstrap.clone().into(),
             ],
-            env: environment(config, spec, &code_dir, token),
-            cwd: code_dir,
-        },
-    }
+        ),
+        Runtime::Nodejs => {
+            let node = config.node.clone().ok_or(EngineError::RuntimeUnavailable {
+                runtime: spec.runtime.scf_name(),
+            })?;
+            // V8 sizes its heap by the host's memory; sized by the function's instead, it
+            // collects garbage before the watchdog would see the instance over its limit.
+            let heap = format!("--max-old-space-size={}", spec.memory_mb);
+            (node, vec![heap.into(), shims.node_bootstrap.clone().into()])
+        }
+    };
+    Ok(Launch {
+        program,
+        args,
+        env: environment(config, spec, &code_dir, token),
+        cwd: code_dir,
+        data_limit_bytes: memory::data_limit_bytes(spec.runtime, spec.memory_mb),
+    })
 }
 
 fn environment(
@@ -102,9 +147,17 @@ fn environment(
     set("LANG", "C.UTF-8");
     set("LC_ALL", "C.UTF-8");
     set("HOME", "/tmp");
-    if spec.runtime == Runtime::Python3 {
-        set("PYTHONDONTWRITEBYTECODE", "x");
-        set("PYTHONPATH", &code_root);
+    match spec.runtime {
+        Runtime::Python3 => {
+            set("PYTHONDONTWRITEBYTECODE", "x");
+            set("PYTHONPATH", &code_root);
+        }
+        Runtime::Nodejs => {
+            set(
+                "NODE_PATH",
+                &format!("{code_root}:{code_root}/node_modules"),
+            );
+        }
     }
 
     for (key, value) in user_environment(spec) {
@@ -193,6 +246,7 @@ mod tests {
             code_dir: "/srv/code".into(),
             memory_mb: 128,
             timeout: Duration::from_secs(3),
+            init_timeout: Duration::from_secs(65),
             environment: environment
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -238,6 +292,34 @@ mod tests {
         assert_eq!(env["USER_CODE_ROOT"], "/srv/code");
         assert_eq!(env["TENCENTCLOUD_RUNENV"], "SCF");
         assert_eq!(env["LC_ALL"], "C.UTF-8");
+    }
+
+    #[test]
+    fn node_environment_points_at_code_and_modules() {
+        let mut spec = spec(vec![]);
+        spec.runtime = Runtime::Nodejs;
+        let env = environment(&config(), &spec, Path::new("/srv/code"), "tok");
+        assert_eq!(env["NODE_PATH"], "/srv/code:/srv/code/node_modules");
+        assert_eq!(env["SCF_RUNTIME"], "Nodejs");
+        assert!(!env.contains_key("PYTHONPATH"));
+        assert!(!env.contains_key("NODE_EXTRA_CA_CERTS"));
+    }
+
+    #[test]
+    fn node_launch_needs_a_node_binary() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shims = Shims::install(dir.path()).expect("shims");
+        let mut spec = spec(vec![]);
+        spec.runtime = Runtime::Nodejs;
+        let err = launch(&config(), &shims, &spec, "tok");
+        assert!(matches!(err, Err(EngineError::RuntimeUnavailable { .. })));
+
+        let mut config = config();
+        config.node = Some("/usr/bin/node".into());
+        let plan = launch(&config, &shims, &spec, "tok").expect("launch plan");
+        assert_eq!(plan.program, Path::new("/usr/bin/node"));
+        assert_eq!(plan.args[0], "--max-old-space-size=128");
+        assert_eq!(plan.data_limit_bytes, (128 + 128) * 1024 * 1024);
     }
 
     #[test]

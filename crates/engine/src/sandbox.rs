@@ -1,8 +1,8 @@
 //! Starting and killing instance processes.
 //!
 //! Every instance is started from one dedicated, long-lived thread (the spawner), in its own
-//! process group, with a clean environment, the control socket as stdin and one pipe as both
-//! stdout and stderr:
+//! process group, with a clean environment, `RLIMIT_DATA` set (see `memory.rs`), the control
+//! socket as stdin and one pipe as both stdout and stderr:
 //!
 //! ```text
 //! invoke task --Job{Command}--> spawner thread --fork/exec--> shim (pgid = its pid)
@@ -23,10 +23,10 @@
 //!
 //! # Limitations
 //!
-//! No isolation yet: instances run as the engine's user, in its namespaces, without cgroup,
-//! rlimits or seccomp. A process that calls `setsid` leaves the group and escapes the kill (a
-//! cgroup's `cgroup.kill` would not miss it). Parent-death signals reach the shim only, not the
-//! processes it starts.
+//! No isolation yet: instances run as the engine's user, in its namespaces, without cgroup or
+//! seccomp, and with no rlimit but `RLIMIT_DATA`. A process that calls `setsid` leaves the
+//! group and escapes the kill (a cgroup's `cgroup.kill` would not miss it). Parent-death
+//! signals reach the shim only, not the processes it starts.
 
 use std::io::{self, PipeWriter};
 use std::os::fd::OwnedFd;
@@ -34,6 +34,7 @@ use std::process::Stdio;
 use std::sync::mpsc;
 
 use nix::errno::Errno;
+use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::net::UnixStream;
@@ -131,19 +132,22 @@ fn command(launch: &Launch, control: OwnedFd, log: PipeWriter) -> io::Result<Com
         .stderr(Stdio::from(log_for_stderr))
         .process_group(0)
         .kill_on_drop(true);
-    die_with_parent(&mut command);
+    prepare_child(&mut command, launch.data_limit_bytes);
     Ok(command)
 }
 
-/// Makes the child ask for `SIGKILL` when the spawning thread dies, and refuse to start if the
-/// engine already died before it could ask.
+/// Makes the child limit its data segment to `data_limit_bytes`, ask for `SIGKILL` when the
+/// spawning thread dies, and refuse to start if the engine already died before it could ask.
 #[expect(
     unsafe_code,
     reason = "pre_exec is unsafe; the hook only makes async-signal-safe system calls"
 )]
-fn die_with_parent(command: &mut Command) {
+fn prepare_child(command: &mut Command, data_limit_bytes: u64) {
+    // Everything the hook needs is computed here, before the fork.
     let parent = nix::unistd::getpid();
+    let data_limit: nix::libc::rlim_t = data_limit_bytes;
     let hook = move || -> io::Result<()> {
+        setrlimit(Resource::RLIMIT_DATA, data_limit, data_limit)?;
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
         if nix::unistd::getppid() != parent {
             return Err(io::Error::from(Errno::ESRCH));
@@ -151,7 +155,8 @@ fn die_with_parent(command: &mut Command) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
-    // functions may be called. It makes two raw system calls (`prctl(PR_SET_PDEATHSIG)` and
+    // functions may be called. It makes three raw system calls (`setrlimit` with a limit
+    // struct built on the stack from a copied integer, `prctl(PR_SET_PDEATHSIG)` and
     // `getppid`), reads a copied `Pid`, and on failure builds an `io::Error` from a raw errno,
     // which does not allocate. It takes no locks and touches no shared state.
     unsafe {

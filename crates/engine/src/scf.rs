@@ -1,6 +1,6 @@
 //! SCF function status codes and the JSON error object the engine reports for platform-side
-//! failures. The Python shim builds the same object for failures inside the instance (430, 437,
-//! 443), so every `err_msg` has one shape:
+//! failures. The shims build the same object for failures inside the instance (430, 437, 443),
+//! so every `err_msg` has one shape:
 //!
 //! ```text
 //! {"errorCode":-1,"errorMessage":"...","requestId":"...","statusCode":433}
@@ -17,6 +17,8 @@ pub(crate) const RESPONSE_TOO_LARGE: u16 = 407;
 pub(crate) const CONCURRENCY_EXCEEDED: u16 = 432;
 /// Execution timed out.
 pub(crate) const TIME_LIMIT_REACHED: u16 = 433;
+/// The instance used more memory than its function may.
+pub(crate) const MEMORY_LIMIT_REACHED: u16 = 434;
 /// The user process exited during the invocation.
 pub(crate) const PROCESS_EXITED: u16 = 439;
 /// The instance failed while starting.
@@ -31,12 +33,25 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 6 * 1024 * 1024;
 
 /// A failed result with SCF's error object.
 pub(crate) fn failure(status_code: u16, request_id: &str, message: &str) -> InvocationResult {
-    let body = serde_json::json!({
+    failure_with_trace(status_code, request_id, message, None)
+}
+
+/// A failed result with SCF's error object, with a `stackTrace` if there is one.
+pub(crate) fn failure_with_trace(
+    status_code: u16,
+    request_id: &str,
+    message: &str,
+    stack_trace: Option<&str>,
+) -> InvocationResult {
+    let mut body = serde_json::json!({
         "errorCode": -1,
         "errorMessage": message,
         "requestId": request_id,
         "statusCode": status_code,
     });
+    if let Some(trace) = stack_trace {
+        body["stackTrace"] = serde_json::Value::from(trace);
+    }
     InvocationResult::Failed {
         status_code,
         err_msg: body.to_string(),
@@ -48,19 +63,39 @@ pub(crate) fn concurrency_message(function: &str, limit: u32) -> String {
     format!("Function [ {function} ] concurrency exceeded: limit is {limit} instances")
 }
 
+/// SCF's wording for a refusal because the node's memory budget is spent, in the shape of its
+/// concurrency-quota messages.
+pub(crate) fn budget_message(function: &str, budget_mb: u64) -> String {
+    format!(
+        "Function [ {function} ] concurrency exceeded: the node's memory budget of {budget_mb} MB \
+         is exhausted"
+    )
+}
+
+/// The message of status 434, named after SCF's status message.
+pub(crate) fn memory_message(memory_mb: u32) -> String {
+    format!("MemoryLimitReached: the function used more than its {memory_mb} MB of memory")
+}
+
+/// The message of status 450, worded like the timeout message.
+pub(crate) fn init_timeout_message(init_timeout: Duration) -> String {
+    format!(
+        "Function initialization timed out after {} seconds",
+        seconds(init_timeout)
+    )
+}
+
+fn seconds(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        duration.as_secs().to_string()
+    } else {
+        format!("{:.3}", duration.as_secs_f64())
+    }
+}
+
 /// SCF's wording for a timeout.
 pub(crate) fn timeout_message(timeout: Duration) -> String {
-    if timeout.subsec_nanos() == 0 {
-        format!(
-            "Invoking task timed out after {} seconds",
-            timeout.as_secs()
-        )
-    } else {
-        format!(
-            "Invoking task timed out after {:.3} seconds",
-            timeout.as_secs_f64()
-        )
-    }
+    format!("Invoking task timed out after {} seconds", seconds(timeout))
 }
 
 /// SCF's wording for a process that died during an invocation.
@@ -96,6 +131,29 @@ mod tests {
         assert_eq!(
             timeout_message(Duration::from_millis(1500)),
             "Invoking task timed out after 1.500 seconds"
+        );
+    }
+
+    #[test]
+    fn failure_with_trace_keeps_it() {
+        let InvocationResult::Failed { err_msg, .. } =
+            failure_with_trace(434, "r", "m", Some("trace"))
+        else {
+            panic!("expected a failure");
+        };
+        let body: serde_json::Value = serde_json::from_str(&err_msg).expect("valid json");
+        assert_eq!(body["stackTrace"], "trace");
+        assert_eq!(body["statusCode"], 434);
+    }
+
+    #[test]
+    fn budget_and_memory_messages_name_their_limits() {
+        assert!(budget_message("f", 4096).starts_with("Function [ f ] concurrency exceeded"));
+        assert!(budget_message("f", 4096).contains("memory budget of 4096 MB"));
+        assert!(memory_message(128).starts_with("MemoryLimitReached"));
+        assert_eq!(
+            init_timeout_message(Duration::from_secs(2)),
+            "Function initialization timed out after 2 seconds"
         );
     }
 

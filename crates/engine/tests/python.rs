@@ -51,6 +51,7 @@ impl Fixture {
             code_dir: self.code.path().to_owned(),
             memory_mb: 128,
             timeout: Duration::from_secs(10),
+            init_timeout: Duration::from_secs(30),
             environment: vec![("GREETING".into(), "hello".into())],
             region: "ap-guangzhou".into(),
         }
@@ -769,4 +770,229 @@ async fn resolve_python_finds_real_interpreter() {
         "{}",
         python.display()
     );
+}
+
+const GROWER: &str = r#"
+import os, time
+kept = []
+def main_handler(event, context):
+    if event.get("huge"):
+        b"x" * (4 << 30)
+    for _ in range(event.get("mb", 0) // 4):
+        kept.append(b"x" * (4 << 20))
+        time.sleep(0.005)
+    return {"pid": os.getpid()}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_past_memory_size_is_434_and_instance_is_replaced() {
+    let fixture = Fixture::new(GROWER);
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("grower");
+    spec.memory_mb = 64;
+    let first = engine
+        .invoke(&spec, request("r0", serde_json::json!({})))
+        .await;
+    let pid = pid_of(&ret(&first));
+
+    let outcome = engine
+        .invoke(&spec, request("r1", serde_json::json!({"mb": 400})))
+        .await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 434, "{}", outcome.log);
+    assert_eq!(body["statusCode"], 434);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(message.starts_with("MemoryLimitReached"), "{message}");
+    assert!(message.contains("64 MB"), "{message}");
+    assert!(
+        outcome.log.contains("MemoryLimitReached"),
+        "{}",
+        outcome.log
+    );
+    assert!(outcome.mem_usage_bytes > 64 * 1024 * 1024);
+    assert!(reaped(pid), "the instance was not killed");
+    assert_eq!(engine.live_instances(), 0);
+
+    let next = engine
+        .invoke(&spec, request("r2", serde_json::json!({})))
+        .await;
+    assert!(next.cold_start);
+    assert_ne!(pid_of(&ret(&next)), pid);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_error_is_434_and_instance_is_recycled() {
+    let fixture = Fixture::new(GROWER);
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("huge");
+    let first = engine
+        .invoke(&spec, request("r0", serde_json::json!({})))
+        .await;
+    let pid = pid_of(&ret(&first));
+
+    let outcome = engine
+        .invoke(&spec, request("r1", serde_json::json!({"huge": true})))
+        .await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 434, "{}", outcome.log);
+    let trace = body["stackTrace"].as_str().expect("stack trace");
+    assert!(trace.contains("MemoryError"), "{trace}");
+    eventually("the recycled instance is reaped", || reaped(pid)).await;
+
+    let next = engine
+        .invoke(&spec, request("r2", serde_json::json!({})))
+        .await;
+    assert!(next.cold_start);
+    engine.shutdown().await;
+}
+
+const SLOW_INIT: &str = r#"
+import os, time
+with open("starts.log", "a") as starts:
+    starts.write("%d\n" % os.getpid())
+print("loading", os.getpid(), flush=True)
+time.sleep(30)
+def main_handler(event, context):
+    return "never"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_past_init_timeout_is_450_once_per_call() {
+    let fixture = Fixture::new(SLOW_INIT);
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("slowinit");
+    spec.init_timeout = Duration::from_secs(1);
+    for id in ["r1", "r2"] {
+        let outcome = engine.invoke(&spec, request(id, Value::Null)).await;
+        let (status, body) = error(&outcome);
+        assert_eq!(status, 450);
+        assert_eq!(
+            body["errorMessage"],
+            "Function initialization timed out after 1 seconds"
+        );
+        assert!(outcome.log.contains("loading"), "{}", outcome.log);
+        assert!(outcome.log.contains("timed out"), "{}", outcome.log);
+        assert!(outcome.cold_start);
+        assert_eq!(engine.live_instances(), 0);
+        assert!(reaped(printed_pid(&outcome.log, "loading")));
+    }
+    // One start per call, no retry loop.
+    let starts = std::fs::read_to_string(fixture.code.path().join("starts.log")).expect("log");
+    assert_eq!(starts.lines().count(), 2, "{starts}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_time_is_not_billed_to_the_invocation() {
+    let fixture = Fixture::new(
+        "import time\ntime.sleep(0.5)\ndef main_handler(event, context):\n    return 1\n",
+    );
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(&fixture.spec("slowimport"), request("r1", Value::Null))
+        .await;
+    assert_eq!(ret(&outcome), 1);
+    assert!(outcome.cold_start);
+    assert!(
+        outcome.duration < Duration::from_millis(400),
+        "{:?}",
+        outcome.duration
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_budget_evicts_least_recently_used_then_refuses() {
+    let fixture = Fixture::new(SLEEPER);
+    let mut config = fixture.config().await;
+    config.memory_budget_mb = 256;
+    let engine = Engine::new(config).expect("engine");
+    let (a, b, c) = (fixture.spec("a"), fixture.spec("b"), fixture.spec("c"));
+
+    let first_a = engine
+        .invoke(&a, request("a1", serde_json::json!({})))
+        .await;
+    let pid_a = pid_of(&ret(&first_a));
+    let first_b = engine
+        .invoke(&b, request("b1", serde_json::json!({})))
+        .await;
+    let pid_b = pid_of(&ret(&first_b));
+    assert_eq!(engine.live_memory_mb(), 256);
+
+    // A third function fits only by stopping the least recently used idle instance (a's).
+    let first_c = engine
+        .invoke(&c, request("c1", serde_json::json!({})))
+        .await;
+    assert!(matches!(first_c.result, InvocationResult::Success { .. }));
+    assert!(
+        reaped(pid_a),
+        "the least recently used instance was not stopped"
+    );
+    assert!(!reaped(pid_b));
+    assert_eq!(engine.live_instances(), 2);
+    assert_eq!(engine.live_memory_mb(), 256);
+
+    // With both instances busy there is nothing to evict: refused at once.
+    let dir = fixture.runtime.path();
+    let busy_b = start_sleeping(&engine, &b, dir, 2).await;
+    let busy_c = start_sleeping(&engine, &c, dir, 2).await;
+    let refused = engine
+        .invoke(&a, request("a2", serde_json::json!({})))
+        .await;
+    let (status, body) = error(&refused);
+    assert_eq!(status, 432);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(message.contains("memory budget of 256 MB"), "{message}");
+    assert!(!busy_b.is_finished() && !busy_c.is_finished());
+
+    for busy in [busy_b, busy_c] {
+        assert!(matches!(
+            busy.await.expect("task").result,
+            InvocationResult::Success { .. }
+        ));
+    }
+    engine.shutdown().await;
+    assert_eq!(engine.live_memory_mb(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn growing_past_memory_size_while_loading_is_434() {
+    let fixture = Fixture::new(
+        "import time\nkept = []\nfor _ in range(50):\n    kept.append(b'x' * (4 << 20))\n    \
+         time.sleep(0.005)\ndef main_handler(event, context):\n    return len(kept)\n",
+    );
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("heavyimport");
+    spec.memory_mb = 64;
+    let outcome = engine.invoke(&spec, request("r1", Value::Null)).await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 434, "{}", outcome.log);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert!(message.starts_with("MemoryLimitReached"), "{message}");
+    assert_eq!(engine.live_instances(), 0);
+    engine.shutdown().await;
+}
+
+const PARENT_OF_GROWER: &str = r#"
+import subprocess, sys
+GROW = "import time\nkept = []\nfor _ in range(60):\n    kept.append(b'x' * (4 << 20))\n    time.sleep(0.02)\n"
+def main_handler(event, context):
+    child = subprocess.Popen([sys.executable, "-c", GROW])
+    print("child", child.pid, flush=True)
+    return {"child_exit": child.wait()}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_of_child_processes_counts_against_the_limit() {
+    let fixture = Fixture::new(PARENT_OF_GROWER);
+    let engine = fixture.engine().await;
+    let mut spec = fixture.spec("parent");
+    spec.memory_mb = 64;
+    let outcome = engine.invoke(&spec, request("r1", Value::Null)).await;
+    let (status, _) = error(&outcome);
+    assert_eq!(status, 434, "{}", outcome.log);
+    let child = printed_pid(&outcome.log, "child");
+    eventually("the growing child is killed", || not_running(child)).await;
+    engine.shutdown().await;
 }

@@ -16,8 +16,12 @@
 //!   directories still track every process of an instance and kill them all with `cgroup.kill`;
 //!   memory is left to `RLIMIT_DATA` and the watchdog.
 //!
-//! The child joins its cgroup itself, before it forks anything (see `child.rs`): the parent
-//! cannot do it, since `std::process::Command::spawn` returns only after `exec`.
+//! A sandboxed instance's init is created directly inside its cgroup by the waiter, with
+//! `clone3(CLONE_INTO_CGROUP)` (see `child.rs`), so every process of the function is in it from
+//! its first instruction; the waiter itself stays in the server's cgroup. The parent could not
+//! move the child in time (`std::process::Command::spawn` returns only after `exec`), and a
+//! move (a write to `cgroup.procs`) waits for an RCU grace period, 10-15 ms here. An
+//! unsandboxed instance joins by writing to `cgroup.procs` and pays that price.
 //!
 //! # Limitations
 //!
@@ -80,7 +84,10 @@ pub(crate) fn own_cgroup_dir() -> io::Result<Option<PathBuf>> {
         return Ok(None);
     };
     let own = fs::read_to_string("/proc/self/cgroup")?;
-    Ok(own_cgroup(&own).map(|path| mount.join(path.trim_start_matches('/'))))
+    Ok(own_cgroup(&own).map(|path| match path.trim_matches('/') {
+        "" => mount,
+        relative => mount.join(relative),
+    }))
 }
 
 /// Whether `parent` hands the `memory` and `pids` controllers down to its children.
@@ -200,10 +207,12 @@ fn read_control(path: &Path) -> Result<String, SandboxError> {
 /// Reads a control file holding one number; `Ok(None)` if the file does not exist.
 fn read_number(path: &Path) -> Result<Option<u64>, SandboxError> {
     match fs::read_to_string(path) {
-        Ok(text) => parse_number(&text).map(Some).ok_or_else(|| SandboxError::Read {
-            path: path.to_owned(),
-            source: io::Error::new(io::ErrorKind::InvalidData, "not a number"),
-        }),
+        Ok(text) => parse_number(&text)
+            .map(Some)
+            .ok_or_else(|| SandboxError::Read {
+                path: path.to_owned(),
+                source: io::Error::new(io::ErrorKind::InvalidData, "not a number"),
+            }),
         Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(SandboxError::Read {
             path: path.to_owned(),
@@ -241,6 +250,16 @@ impl CgroupHandle {
     /// Whether the memory and pids controllers limit this cgroup.
     pub fn is_limited(&self) -> bool {
         self.limited
+    }
+
+    /// Opens the directory, for `clone3(CLONE_INTO_CGROUP)` (read-only, close-on-exec).
+    pub(crate) fn open_dir(&self) -> Result<OwnedFd, SandboxError> {
+        fs::File::open(&self.dir)
+            .map(OwnedFd::from)
+            .map_err(|source| SandboxError::Read {
+                path: self.dir.clone(),
+                source,
+            })
     }
 
     /// Opens `cgroup.procs` for the child to join with (write-only, close-on-exec).
@@ -326,6 +345,21 @@ impl CgroupHandle {
         read_number(&self.dir.join("memory.peak"))
     }
 
+    /// How many forks the `pids.max` limit refused (the `max` count of `pids.events`); `None`
+    /// without the pids controller. A non-zero count is how a fork bomb shows in limit mode.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Read`] if the file exists but cannot be read.
+    pub fn pids_limit_hits(&self) -> Result<Option<u64>, SandboxError> {
+        let path = self.dir.join("pids.events");
+        match fs::read_to_string(&path) {
+            Ok(text) => Ok(Some(keyed_value(&text, "max").unwrap_or(0))),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(SandboxError::Read { path, source }),
+        }
+    }
+
     /// How many processes the kernel killed for exceeding `memory.max` (the `oom_kill` count of
     /// `memory.events`); `None` without the memory controller.
     ///
@@ -369,7 +403,9 @@ impl CgroupHandle {
                     self.removed = true;
                     return Ok(());
                 }
-                Err(err) if err.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                Err(err)
+                    if err.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                {
                     self.kill()?;
                     std::thread::sleep(Duration::from_millis(1));
                 }

@@ -33,8 +33,11 @@
 //! `child.rs`; the mount tree in `plan.rs`; cgroups in `cgroup.rs`.
 //!
 //! `unsafe` is allowed in this crate only, item by item, each block with a `SAFETY:` comment:
-//! `fork`, `_exit`, `waitpid` with a raw status, `close_range`, `prctl(PR_CAPBSET_DROP)`, one
-//! `ioctl`, and borrowing a raw descriptor.
+//! `fork`, `clone3`, `mount_setattr`, `_exit`, `waitpid` with a raw status, `close_range`,
+//! `prctl(PR_CAPBSET_DROP)`, one `ioctl`, and borrowing a raw descriptor.
+//!
+//! Needs Linux 5.9 or later (`clone3` with `CLONE_INTO_CGROUP`, `close_range`); `cgroup.kill`
+//! (5.14) and `mount_setattr` (5.12) are used where present, with slower fallbacks.
 //!
 //! # Limitations
 //!

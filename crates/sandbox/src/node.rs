@@ -16,7 +16,7 @@ use seccompiler::BpfProgram;
 use crate::cgroup::{self, CgroupRoot};
 use crate::child::{self, probe_exit};
 use crate::config::{CgroupUse, Isolation, SandboxConfig};
-use crate::plan::MemoryEnforcement;
+use crate::plan::{MemoryEnforcement, RootTemplate};
 use crate::{SandboxError, seccomp};
 
 /// Whether one isolation feature works on this host.
@@ -109,7 +109,11 @@ impl fmt::Display for Availability {
 
 impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "namespaces {}; seccomp {}; ", self.namespaces, self.seccomp)?;
+        write!(
+            f,
+            "namespaces {}; seccomp {}; ",
+            self.namespaces, self.seccomp
+        )?;
         match &self.cgroup {
             CgroupSupport::Limits { parent } => write!(
                 f,
@@ -166,7 +170,10 @@ fn probe_isolation(
         let reason = "the server does not run as root, which namespaces without a user \
                       namespace and per-function uids need";
         let untried = "not tried without namespaces";
-        return Ok((Availability::unavailable(reason), Availability::unavailable(untried)));
+        return Ok((
+            Availability::unavailable(reason),
+            Availability::unavailable(untried),
+        ));
     }
     if !staging.is_absolute() || !staging.is_dir() {
         return Err(SandboxError::InvalidPath {
@@ -270,11 +277,13 @@ pub struct Sandbox {
     capabilities: Capabilities,
     cgroup_root: Option<CgroupRoot>,
     filters: Arc<[BpfProgram]>,
+    root_template: RootTemplate,
 }
 
 impl Sandbox {
-    /// Probes the host, refuses to go on if isolation is requested but unavailable, and creates
-    /// the server's cgroup directory when cgroups are usable.
+    /// Probes the host, refuses to go on if isolation is requested but unavailable, resolves the
+    /// host part of every instance's mount tree, and creates the server's cgroup directory when
+    /// cgroups are usable.
     ///
     /// # Errors
     ///
@@ -282,11 +291,12 @@ impl Sandbox {
     /// namespaces or seccomp do not work; probe and cgroup errors.
     pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let filters: Arc<[BpfProgram]> = seccomp::compile()?.into();
+        let root_template = RootTemplate::new()?;
         let capabilities = probe_with(&config, &filters)?;
-        if config.isolation == Isolation::Sandbox {
-            if let Some(reason) = capabilities.missing() {
-                return Err(SandboxError::Unavailable { reason });
-            }
+        if config.isolation == Isolation::Sandbox
+            && let Some(reason) = capabilities.missing()
+        {
+            return Err(SandboxError::Unavailable { reason });
         }
         let cgroup_root = match &capabilities.cgroup {
             CgroupSupport::Limits { parent } => Some(CgroupRoot::create(parent, true)?),
@@ -298,6 +308,7 @@ impl Sandbox {
             capabilities,
             cgroup_root,
             filters,
+            root_template,
         })
     }
 
@@ -335,6 +346,10 @@ impl Sandbox {
 
     pub(crate) fn filters(&self) -> Arc<[BpfProgram]> {
         Arc::clone(&self.filters)
+    }
+
+    pub(crate) fn root_template(&self) -> &RootTemplate {
+        &self.root_template
     }
 }
 
@@ -379,7 +394,10 @@ mod tests {
                 reason: "off".to_owned(),
             },
         };
-        assert_eq!(capabilities.missing().as_deref(), Some("namespaces: no root"));
+        assert_eq!(
+            capabilities.missing().as_deref(),
+            Some("namespaces: no root")
+        );
         assert_eq!(
             capabilities.memory_enforcement(),
             MemoryEnforcement::Watchdog

@@ -7,9 +7,11 @@
 //! ```text
 //! /usr                    read-only bind of the host's (and /bin, /sbin, /lib, /lib64, …:
 //!                         a bind if a directory on the host, the same symlink if a symlink)
-//! /etc                    generated passwd and group; read-only binds of the few files
-//!                         programs need (hosts, resolv.conf, ld.so.cache, ssl certs, …)
-//! /dev                    null zero full random urandom (binds), fd stdin stdout stderr
+//! /etc                    generated passwd and group; copies of the few small files
+//!                         programs need (hosts, resolv.conf, ld.so.cache, …), read-only
+//!                         binds of a few directories (ssl/certs, ld.so.conf.d, …)
+//! /dev                    null zero full random urandom (device nodes), fd stdin stdout
+//!                         stderr (symlinks)
 //! /proc                   fresh, of the new PID namespace, hidepid=2
 //! /tmp                    tmpfs, size-bounded, mode 1777
 //! /var/user               the function's code, read-only
@@ -17,7 +19,8 @@
 //!                         engine's shim directory)
 //! ```
 //!
-//! The root tmpfs itself is remounted read-only at the end. Binds are not recursive: mounts
+//! Everything but `/tmp` and `/proc` is made read-only and nosuid at the end. Each mount costs
+//! tens of microseconds to set up and again to tear down, so there are as few as possible. Binds are not recursive: mounts
 //! below a bound host directory are not carried into the sandbox (they show as the directory
 //! underneath), so a writable mount nested in `/usr` cannot leak in.
 
@@ -27,6 +30,7 @@ use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -41,11 +45,13 @@ use crate::config::{InstanceSpec, Limits, Network};
 use crate::{CODE_ROOT, Sandbox, SandboxError, procfs};
 
 /// Host directories shown read-only at the same path (or as the same symlink).
-const SYSTEM_DIRS: [&str; 7] = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
+const SYSTEM_DIRS: [&str; 7] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+];
 
 /// Files and directories of the host's `/etc` shown read-only, where they exist. Not
 /// `shadow`, `ssl/private`, or anything with credentials.
-const ETC_ENTRIES: [&str; 19] = [
+const ETC_ENTRIES: [&str; 18] = [
     "hosts",
     "resolv.conf",
     "nsswitch.conf",
@@ -53,7 +59,6 @@ const ETC_ENTRIES: [&str; 19] = [
     "gai.conf",
     "services",
     "protocols",
-    "mime.types",
     "localtime",
     "timezone",
     "ld.so.cache",
@@ -67,33 +72,56 @@ const ETC_ENTRIES: [&str; 19] = [
     "alternatives",
 ];
 
-/// Device nodes bound from the host's `/dev`.
+/// `/etc` files up to this size are copied into each instance's root instead of bound.
+const COPY_LIMIT_BYTES: u64 = 64 * 1024;
+
+/// Device nodes recreated (same device numbers) from the host's `/dev`.
 const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 
 /// Sandbox paths that runtime paths may not overlap (they are provided by the sandbox itself).
 const RESERVED: [&str; 4] = ["/etc", "/dev", "/proc", CODE_ROOT];
 
-/// Processes of an instance that are not the function's: the waiter and init.
-const SANDBOX_PROCESSES: u64 = 2;
+/// Processes in an instance's cgroup that are not the function's: init (the waiter stays in
+/// the server's cgroup).
+const SANDBOX_PROCESSES: u64 = 1;
 
 /// Smallest `/tmp`: tmpfs reads a size of 0 as "unbounded".
 const MIN_TMP_BYTES: u64 = 4096;
 
 /// One mount-tree step, run in order in the child after `pivot_root` (paths are inside the new
 /// root; bind sources are under [`OLD_ROOT`]).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) enum Step {
-    Dir { path: CString },
-    EmptyFile { path: CString },
-    File { path: CString, contents: Vec<u8> },
-    Symlink { target: CString, path: CString },
+    Dir {
+        path: CString,
+    },
+    EmptyFile {
+        path: CString,
+    },
+    File {
+        path: CString,
+        contents: Vec<u8>,
+    },
+    Symlink {
+        target: CString,
+        path: CString,
+    },
     Bind {
         source: CString,
         target: CString,
-        devices: bool,
     },
-    Tmpfs { target: CString, options: CString },
-    Proc { target: CString },
+    /// A character device node, mode 0666.
+    Device {
+        path: CString,
+        device: u64,
+    },
+    Tmpfs {
+        target: CString,
+        options: CString,
+    },
+    Proc {
+        target: CString,
+    },
 }
 
 /// One `setrlimit` call.
@@ -108,7 +136,8 @@ pub(crate) struct Rlimit {
 /// What the child of a sandboxed instance needs.
 #[derive(Debug)]
 pub(crate) struct SandboxedPlan {
-    pub(crate) cgroup_procs: Option<OwnedFd>,
+    /// The instance cgroup's directory, for `clone3(CLONE_INTO_CGROUP)`.
+    pub(crate) cgroup_dir: Option<OwnedFd>,
     pub(crate) namespaces: CloneFlags,
     pub(crate) staging: CString,
     pub(crate) root_options: CString,
@@ -125,6 +154,7 @@ pub(crate) struct SandboxedPlan {
 /// What the child of an unsandboxed instance (`--isolation none`) needs.
 #[derive(Debug)]
 pub(crate) struct UnsandboxedPlan {
+    /// The instance cgroup's `cgroup.procs`, to join by writing to it.
     pub(crate) cgroup_procs: Option<OwnedFd>,
     pub(crate) workdir: CString,
     pub(crate) rlimits: Vec<Rlimit>,
@@ -167,7 +197,9 @@ pub enum MemoryStatus {
 /// Everything needed to start one instance in its sandbox, prepared in the parent.
 ///
 /// Keep it (for example in an `Arc` shared with the `pre_exec` closure) as long as the instance
-/// runs: dropping it kills whatever is left in the instance's cgroup and removes the cgroup.
+/// runs: dropping it kills whatever is left in the instance's cgroup and removes the cgroup,
+/// waiting up to two seconds for the processes to die, so drop it after killing the instance
+/// (or from a blocking context).
 #[derive(Debug)]
 pub struct Plan {
     mode: Mode,
@@ -198,12 +230,12 @@ impl Plan {
             })?),
             None => None,
         };
-        let cgroup_procs = cgroup.as_ref().map(CgroupHandle::open_procs).transpose()?;
         let rlimits = rlimits(&spec.limits);
 
         let code_dir = canonical(&spec.code_dir)?;
         let (mode, code_root, uid) = match config.isolation {
             crate::Isolation::None => {
+                let cgroup_procs = cgroup.as_ref().map(CgroupHandle::open_procs).transpose()?;
                 let plan = UnsandboxedPlan {
                     cgroup_procs,
                     workdir: c_path(&code_dir)?,
@@ -213,9 +245,14 @@ impl Plan {
             }
             crate::Isolation::Sandbox => {
                 check_ids(sandbox, spec)?;
-                let plan = sandboxed(sandbox, spec, &code_dir, cgroup_procs, rlimits)?;
+                let cgroup_dir = cgroup.as_ref().map(CgroupHandle::open_dir).transpose()?;
+                let plan = sandboxed(sandbox, spec, &code_dir, cgroup_dir, rlimits)?;
                 let uid = Some(spec.uid);
-                (Mode::Sandboxed(Box::new(plan)), PathBuf::from(CODE_ROOT), uid)
+                (
+                    Mode::Sandboxed(Box::new(plan)),
+                    PathBuf::from(CODE_ROOT),
+                    uid,
+                )
             }
         };
         Ok(Plan {
@@ -285,6 +322,29 @@ impl Plan {
         Ok(procfs::children(init)?.first().copied())
     }
 
+    /// The host pids of the function's processes (those running as its uid): from the
+    /// instance's cgroup, or without one from the process tree of `spawned_pid`. The engine can
+    /// compare their number with `Limits::nproc` to report a fork bomb (in limit mode,
+    /// [`CgroupHandle::pids_limit_hits`] counts refused forks exactly).
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::Read`] if the cgroup or `/proc` files cannot be read.
+    pub fn function_pids(&self, spawned_pid: u32) -> Result<Vec<u32>, SandboxError> {
+        let (pids, uid) = self.function_processes(spawned_pid)?;
+        procfs::with_uid(&pids, uid)
+    }
+
+    /// Every process of the instance (the sandbox's own included) and the function's uid.
+    fn function_processes(&self, spawned_pid: u32) -> Result<(Vec<u32>, u32), SandboxError> {
+        let pids = match &self.cgroup {
+            Some(cgroup) => cgroup.pids()?,
+            None => procfs::tree(spawned_pid)?,
+        };
+        let uid = self.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+        Ok((pids, uid))
+    }
+
     /// Measures the instance's memory against its limit; the watchdog half of
     /// [`MemoryEnforcement::Watchdog`]. Poll it while the instance runs (every few tens of
     /// milliseconds) and kill the instance on [`MemoryStatus::Exceeded`].
@@ -313,11 +373,7 @@ impl Plan {
                 used_bytes: current,
             });
         }
-        let pids = match &self.cgroup {
-            Some(cgroup) => cgroup.pids()?,
-            None => procfs::tree(spawned_pid)?,
-        };
-        let uid = self.uid.unwrap_or_else(|| nix::unistd::geteuid().as_raw());
+        let (pids, uid) = self.function_processes(spawned_pid)?;
         let used_bytes = procfs::resident_bytes_of(&pids, uid)?;
         Ok(if used_bytes > limit_bytes {
             MemoryStatus::Exceeded {
@@ -351,7 +407,7 @@ fn sandboxed(
     sandbox: &Sandbox,
     spec: &InstanceSpec,
     code_dir: &Path,
-    cgroup_procs: Option<OwnedFd>,
+    cgroup_dir: Option<OwnedFd>,
     rlimits: Vec<Rlimit>,
 ) -> Result<SandboxedPlan, SandboxError> {
     let staging = sandbox.config().staging_dir.clone();
@@ -360,12 +416,12 @@ fn sandboxed(
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
     Ok(SandboxedPlan {
-        cgroup_procs,
+        cgroup_dir,
         namespaces,
         staging: c_path(&staging)?,
-        root_options: c_string(b"size=1m,nr_inodes=4096,mode=0755".to_vec(), &staging)?,
+        root_options: c_string(b"size=2m,nr_inodes=4096,mode=0755".to_vec(), &staging)?,
         put_old: c_path(&staging.join(OsStr::from_bytes(&OLD_ROOT.to_bytes()[1..])))?,
-        steps: root_steps(spec, code_dir)?,
+        steps: root_steps(sandbox.root_template(), spec, code_dir)?,
         loopback: spec.network == Network::Off,
         workdir: c_path(Path::new(CODE_ROOT))?,
         rlimits,
@@ -385,7 +441,11 @@ fn rlimits(limits: &Limits) -> Vec<Rlimit> {
     let mut all = vec![
         both("set RLIMIT_NPROC", Resource::RLIMIT_NPROC, limits.nproc),
         both("set RLIMIT_NOFILE", Resource::RLIMIT_NOFILE, limits.nofile),
-        both("set RLIMIT_FSIZE", Resource::RLIMIT_FSIZE, limits.fsize_bytes),
+        both(
+            "set RLIMIT_FSIZE",
+            Resource::RLIMIT_FSIZE,
+            limits.fsize_bytes,
+        ),
         Rlimit {
             name: "set RLIMIT_CPU",
             resource: Resource::RLIMIT_CPU,
@@ -402,39 +462,68 @@ fn rlimits(limits: &Limits) -> Vec<Rlimit> {
     all
 }
 
-/// The mount-tree steps of one instance.
-fn root_steps(spec: &InstanceSpec, code_dir: &Path) -> Result<Vec<Step>, SandboxError> {
-    let mut root = RootBuilder::default();
-    for dir in SYSTEM_DIRS {
-        root.system_entry(Path::new(dir))?;
-    }
+/// The part of every instance's mount tree that depends only on the host (system directories,
+/// `/etc`, `/dev`, `/proc`): resolved once per server, not once per instance.
+#[derive(Debug, Clone)]
+pub(crate) struct RootTemplate(RootBuilder);
 
-    root.dir(Path::new("/etc"))?;
+impl RootTemplate {
+    /// Inspects the host's system directories, `/etc` entries and devices.
+    pub(crate) fn new() -> Result<RootTemplate, SandboxError> {
+        let mut root = RootBuilder::default();
+        for dir in SYSTEM_DIRS {
+            root.system_entry(Path::new(dir))?;
+        }
+
+        root.dir(Path::new("/etc"))?;
+        for entry in ETC_ENTRIES {
+            root.etc_entry(&Path::new("/etc").join(entry))?;
+        }
+
+        root.dir(Path::new("/dev"))?;
+        for device in DEVICES {
+            let path = Path::new("/dev").join(device);
+            if let Some(metadata) = symlink_metadata(&path)?
+                && metadata.file_type().is_char_device()
+            {
+                root.steps.push(Step::Device {
+                    path: c_path(&path)?,
+                    device: metadata.rdev(),
+                });
+            }
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            root.symlink(Path::new(target), &Path::new("/dev").join(name))?;
+        }
+
+        root.dir(Path::new("/proc"))?;
+        let proc = c_path(Path::new("/proc"))?;
+        root.steps.push(Step::Proc { target: proc });
+        Ok(RootTemplate(root))
+    }
+}
+
+/// The mount-tree steps of one instance: the template, then what is the instance's own.
+fn root_steps(
+    template: &RootTemplate,
+    spec: &InstanceSpec,
+    code_dir: &Path,
+) -> Result<Vec<Step>, SandboxError> {
+    let mut root = template.0.clone();
+    for (host, target) in template.0.copied.clone() {
+        let contents = fs::read(&host).map_err(|source| SandboxError::InspectPath {
+            path: host.clone(),
+            source,
+        })?;
+        root.file(&target, contents)?;
+    }
     root.file(Path::new("/etc/passwd"), passwd(spec).into_bytes())?;
     root.file(Path::new("/etc/group"), group(spec).into_bytes())?;
-    for entry in ETC_ENTRIES {
-        root.etc_entry(&Path::new("/etc").join(entry))?;
-    }
-
-    root.dir(Path::new("/dev"))?;
-    for device in DEVICES {
-        let path = Path::new("/dev").join(device);
-        if path.exists() {
-            root.bind(&path, &path, true)?;
-        }
-    }
-    for (name, target) in [
-        ("fd", "/proc/self/fd"),
-        ("stdin", "/proc/self/fd/0"),
-        ("stdout", "/proc/self/fd/1"),
-        ("stderr", "/proc/self/fd/2"),
-    ] {
-        root.symlink(Path::new(target), &Path::new("/dev").join(name))?;
-    }
-
-    root.dir(Path::new("/proc"))?;
-    let proc = c_path(Path::new("/proc"))?;
-    root.steps.push(Step::Proc { target: proc });
 
     root.dir(Path::new("/tmp"))?;
     let tmp_bytes = spec.tmp_bytes.max(MIN_TMP_BYTES);
@@ -448,9 +537,12 @@ fn root_steps(spec: &InstanceSpec, code_dir: &Path) -> Result<Vec<Step>, Sandbox
     });
 
     if code_dir == Path::new("/") {
-        return Err(invalid(code_dir, "the host root cannot be the code directory"));
+        return Err(invalid(
+            code_dir,
+            "the host root cannot be the code directory",
+        ));
     }
-    root.bind(code_dir, Path::new(CODE_ROOT), false)?;
+    root.bind(code_dir, Path::new(CODE_ROOT))?;
 
     for target in runtime_targets(&spec.runtime_paths)? {
         root.runtime_path(&target)?;
@@ -479,12 +571,15 @@ fn runtime_targets(paths: &[PathBuf]) -> Result<Vec<PathBuf>, SandboxError> {
 }
 
 /// Accumulates steps, creating each mountpoint's parent directories once.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct RootBuilder {
     steps: Vec<Step>,
     dirs: BTreeSet<PathBuf>,
     /// Sandbox paths already visible read-only with the host's content.
     shown: Vec<PathBuf>,
+    /// Small host files copied into the root at each plan, instead of one bind mount each:
+    /// (resolved host path, sandbox path).
+    copied: Vec<(PathBuf, PathBuf)>,
 }
 
 impl RootBuilder {
@@ -523,7 +618,7 @@ impl RootBuilder {
     }
 
     /// Binds the host path `host` (resolved) at `target`, read-only.
-    fn bind(&mut self, host: &Path, target: &Path, devices: bool) -> Result<(), SandboxError> {
+    fn bind(&mut self, host: &Path, target: &Path) -> Result<(), SandboxError> {
         let source = canonical(host)?;
         let metadata = fs::metadata(&source).map_err(|source_err| SandboxError::InspectPath {
             path: source.clone(),
@@ -542,7 +637,6 @@ impl RootBuilder {
         self.steps.push(Step::Bind {
             source: c_string(under_old_root, &source)?,
             target: c_path(target)?,
-            devices,
         });
         Ok(())
     }
@@ -556,7 +650,7 @@ impl RootBuilder {
             let link = read_link(path)?;
             self.symlink(&link, path)?;
         } else if metadata.is_dir() {
-            self.bind(path, path, false)?;
+            self.bind(path, path)?;
         } else {
             return Ok(());
         }
@@ -565,7 +659,8 @@ impl RootBuilder {
     }
 
     /// An `/etc` entry: a symlink into an already shown tree stays a symlink (time zone
-    /// libraries read the link's name), anything else is bound from its resolved path.
+    /// libraries read the link's name), a small file is copied at each plan (mounts cost more
+    /// to set up and tear down than a few kilobytes cost to copy), a directory is bound.
     fn etc_entry(&mut self, path: &Path) -> Result<(), SandboxError> {
         let Some(metadata) = symlink_metadata(path)? else {
             return Ok(());
@@ -580,7 +675,16 @@ impl RootBuilder {
                 return self.symlink(&link, path);
             }
         }
-        self.bind(path, path, false)
+        let resolved = canonical(path)?;
+        let metadata = fs::metadata(&resolved).map_err(|source| SandboxError::InspectPath {
+            path: resolved.clone(),
+            source,
+        })?;
+        if metadata.is_file() && metadata.len() <= COPY_LIMIT_BYTES {
+            self.copied.push((resolved, path.to_owned()));
+            return Ok(());
+        }
+        self.bind(path, path)
     }
 
     fn runtime_path(&mut self, target: &Path) -> Result<(), SandboxError> {
@@ -593,7 +697,7 @@ impl RootBuilder {
         if self.is_shown(target) {
             return Ok(());
         }
-        self.bind(target, target, false)?;
+        self.bind(target, target)?;
         self.shown.push(target.to_owned());
         Ok(())
     }
@@ -613,10 +717,7 @@ fn passwd(spec: &InstanceSpec) -> String {
 }
 
 fn group(spec: &InstanceSpec) -> String {
-    format!(
-        "root:x:0:\nnogroup:x:65534:\nfunction:x:{}:\n",
-        spec.gid
-    )
+    format!("root:x:0:\nnogroup:x:65534:\nfunction:x:{}:\n", spec.gid)
 }
 
 fn canonical(path: &Path) -> Result<PathBuf, SandboxError> {
@@ -677,6 +778,10 @@ mod tests {
         }
     }
 
+    fn template() -> RootTemplate {
+        RootTemplate::new().expect("the host's system directories")
+    }
+
     fn targets(steps: &[Step]) -> Vec<String> {
         steps
             .iter()
@@ -688,21 +793,41 @@ mod tests {
     }
 
     #[test]
-    fn binds_code_dir_at_code_root_and_never_shadow() {
+    fn builds_the_root_without_secrets() {
         let code = tempfile::tempdir().expect("temporary directory");
-        let steps = root_steps(&spec(code.path()), code.path()).expect("steps");
+        let steps = root_steps(&template(), &spec(code.path()), code.path()).expect("steps");
         let bound = targets(&steps);
         assert!(bound.contains(&CODE_ROOT.to_owned()));
         assert!(bound.contains(&"/usr".to_owned()));
-        assert!(bound.contains(&"/dev/null".to_owned()));
-        assert!(!bound.iter().any(|t| t.contains("shadow") || t.contains("private")));
-        assert!(!bound.iter().any(|t| t.starts_with("/root") || t.starts_with("/home")));
+        let devices: Vec<_> = steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Device { path, .. } => Some(path.to_string_lossy().into_owned()),
+                _ => None,
+            })
+            .collect();
+        assert!(devices.contains(&"/dev/null".to_owned()), "{devices:?}");
+        let copied = steps.iter().any(|s| {
+            matches!(s, Step::File { path, contents }
+                if path.to_bytes() == b"/etc/ld.so.cache" && !contents.is_empty())
+        });
+        assert!(copied, "ld.so.cache is not copied");
+        assert!(
+            !bound
+                .iter()
+                .any(|t| t.contains("shadow") || t.contains("private"))
+        );
+        assert!(
+            !bound
+                .iter()
+                .any(|t| t.starts_with("/root") || t.starts_with("/home"))
+        );
     }
 
     #[test]
     fn every_bind_source_is_under_the_old_root() {
         let code = tempfile::tempdir().expect("temporary directory");
-        let steps = root_steps(&spec(code.path()), code.path()).expect("steps");
+        let steps = root_steps(&template(), &spec(code.path()), code.path()).expect("steps");
         for each in &steps {
             if let Step::Bind { source, .. } = each {
                 assert!(source.to_bytes().starts_with(b"/.oldroot/"), "{source:?}");
@@ -713,7 +838,7 @@ mod tests {
     #[test]
     fn creates_parents_before_children_and_each_once() {
         let code = tempfile::tempdir().expect("temporary directory");
-        let steps = root_steps(&spec(code.path()), code.path()).expect("steps");
+        let steps = root_steps(&template(), &spec(code.path()), code.path()).expect("steps");
         let dirs: Vec<_> = steps
             .iter()
             .filter_map(|s| match s {
@@ -733,7 +858,7 @@ mod tests {
         let code = tempfile::tempdir().expect("temporary directory");
         let mut spec = spec(code.path());
         spec.runtime_paths = vec![PathBuf::from("/usr/bin")];
-        let steps = root_steps(&spec, code.path()).expect("steps");
+        let steps = root_steps(&template(), &spec, code.path()).expect("steps");
         assert!(!targets(&steps).contains(&"/usr/bin".to_owned()));
     }
 
@@ -744,11 +869,11 @@ mod tests {
         let mut spec = spec(code.path());
         spec.runtime_paths = vec![shim.path().to_owned(), shim.path().join("../x")];
         assert!(matches!(
-            root_steps(&spec, code.path()),
+            root_steps(&template(), &spec, code.path()),
             Err(SandboxError::InvalidPath { .. })
         ));
         spec.runtime_paths = vec![shim.path().to_owned()];
-        let steps = root_steps(&spec, code.path()).expect("steps");
+        let steps = root_steps(&template(), &spec, code.path()).expect("steps");
         let expected = shim.path().to_string_lossy().into_owned();
         assert!(targets(&steps).contains(&expected));
     }
@@ -759,12 +884,12 @@ mod tests {
         let mut spec = spec(code.path());
         spec.runtime_paths = vec![PathBuf::from("/etc")];
         assert!(matches!(
-            root_steps(&spec, code.path()),
+            root_steps(&template(), &spec, code.path()),
             Err(SandboxError::InvalidPath { .. })
         ));
         spec.runtime_paths = vec![PathBuf::from("relative")];
         assert!(matches!(
-            root_steps(&spec, code.path()),
+            root_steps(&template(), &spec, code.path()),
             Err(SandboxError::InvalidPath { .. })
         ));
     }
@@ -774,7 +899,7 @@ mod tests {
         let code = tempfile::tempdir().expect("temporary directory");
         let mut spec = spec(code.path());
         spec.tmp_bytes = 0;
-        let steps = root_steps(&spec, code.path()).expect("steps");
+        let steps = root_steps(&template(), &spec, code.path()).expect("steps");
         let options = steps
             .iter()
             .find_map(|s| match s {
@@ -810,7 +935,10 @@ mod tests {
             .find(|r| r.resource == Resource::RLIMIT_CPU)
             .expect("RLIMIT_CPU");
         assert_eq!((cpu.soft, cpu.hard), (900, 905));
-        assert!(all.iter().any(|r| r.resource == Resource::RLIMIT_CORE && r.hard == 0));
+        assert!(
+            all.iter()
+                .any(|r| r.resource == Resource::RLIMIT_CORE && r.hard == 0)
+        );
         assert!(all.iter().any(|r| r.resource == Resource::RLIMIT_NPROC));
     }
 }

@@ -27,7 +27,10 @@ pub(crate) fn children(pid: u32) -> Result<Vec<u32>, SandboxError> {
     for task in tasks.flatten() {
         let path = task.path().join("children");
         match fs::read_to_string(&path) {
-            Ok(text) => found.extend(text.split_whitespace().filter_map(|p| p.parse::<u32>().ok())),
+            Ok(text) => found.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            ),
             Err(err) if gone(&err) => {}
             Err(source) => return Err(SandboxError::Read { path, source }),
         }
@@ -44,6 +47,21 @@ pub(crate) fn tree(pid: u32) -> Result<Vec<u32>, SandboxError> {
         next += 1;
     }
     Ok(all)
+}
+
+/// Those of `pids` whose real uid is `uid`.
+pub(crate) fn with_uid(pids: &[u32], uid: u32) -> Result<Vec<u32>, SandboxError> {
+    let mut found = Vec::new();
+    for &pid in pids {
+        let path = PathBuf::from(format!("/proc/{pid}/status"));
+        match fs::read_to_string(&path) {
+            Ok(status) if real_uid(&status) == Some(uid) => found.push(pid),
+            Ok(_) => {}
+            Err(err) if gone(&err) => {}
+            Err(source) => return Err(SandboxError::Read { path, source }),
+        }
+    }
+    Ok(found)
 }
 
 /// The resident memory (`VmRSS`) of those of `pids` whose real uid is `uid`, in bytes.
@@ -123,6 +141,9 @@ mod tests {
             resident_bytes_of(&[me], own_uid.wrapping_add(1)).expect("read"),
             0
         );
-        assert_eq!(resident_bytes_of(&[u32::MAX - 1], own_uid).expect("read"), 0);
+        assert_eq!(
+            resident_bytes_of(&[u32::MAX - 1], own_uid).expect("read"),
+            0
+        );
     }
 }

@@ -53,9 +53,18 @@ pub(crate) const DENIED: &[(libc::c_long, &str)] = &[
     (libc::SYS_fspick, "new mount API"),
     (libc::SYS_move_mount, "new mount API"),
     (libc::SYS_open_tree, "new mount API: clone a mount tree"),
-    (libc::SYS_mount_setattr, "new mount API: make a mount writable"),
-    (libc::SYS_name_to_handle_at, "file handles: reach files by inode"),
-    (libc::SYS_open_by_handle_at, "file handles: escape a bind mount"),
+    (
+        libc::SYS_mount_setattr,
+        "new mount API: make a mount writable",
+    ),
+    (
+        libc::SYS_name_to_handle_at,
+        "file handles: reach files by inode",
+    ),
+    (
+        libc::SYS_open_by_handle_at,
+        "file handles: escape a bind mount",
+    ),
     (libc::SYS_swapon, "change the host's swap"),
     (libc::SYS_swapoff, "change the host's swap"),
     (libc::SYS_quotactl, "change disk quotas"),
@@ -68,15 +77,24 @@ pub(crate) const DENIED: &[(libc::c_long, &str)] = &[
     // Other processes: tracing or reading their memory.
     (libc::SYS_ptrace, "trace a process"),
     (libc::SYS_process_vm_readv, "read another process's memory"),
-    (libc::SYS_process_vm_writev, "write another process's memory"),
+    (
+        libc::SYS_process_vm_writev,
+        "write another process's memory",
+    ),
     (libc::SYS_kcmp, "compare kernel objects of other processes"),
     (libc::SYS_pidfd_getfd, "steal a file descriptor"),
     (libc::SYS_migrate_pages, "move another process's memory"),
     (libc::SYS_move_pages, "move another process's memory"),
     // Kernel subsystems with a long record of privilege escalations.
     (libc::SYS_bpf, "load eBPF programs"),
-    (libc::SYS_perf_event_open, "performance counters, side channels"),
-    (libc::SYS_userfaultfd, "stall the kernel in page faults (exploit helper)"),
+    (
+        libc::SYS_perf_event_open,
+        "performance counters, side channels",
+    ),
+    (
+        libc::SYS_userfaultfd,
+        "stall the kernel in page faults (exploit helper)",
+    ),
     (libc::SYS_keyctl, "kernel keyrings are not namespaced"),
     (libc::SYS_add_key, "kernel keyrings are not namespaced"),
     (libc::SYS_request_key, "kernel keyrings are not namespaced"),
@@ -102,12 +120,6 @@ pub(crate) const DENIED: &[(libc::c_long, &str)] = &[
     #[cfg(target_arch = "x86_64")]
     (libc::SYS__sysctl, "obsolete sysctl interface"),
     #[cfg(target_arch = "x86_64")]
-    (libc::SYS_create_module, "obsolete module loading"),
-    #[cfg(target_arch = "x86_64")]
-    (libc::SYS_get_kernel_syms, "obsolete module interface"),
-    #[cfg(target_arch = "x86_64")]
-    (libc::SYS_query_module, "obsolete module interface"),
-    #[cfg(target_arch = "x86_64")]
     (libc::SYS_nfsservctl, "obsolete NFS server control"),
 ];
 
@@ -131,9 +143,9 @@ pub(crate) fn compile() -> Result<Vec<BpfProgram>, SandboxError> {
 fn deny_list() -> Result<BpfProgram, SandboxError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED
         .iter()
-        .map(|&(number, _why)| (i64::from(number), Vec::new()))
+        .map(|&(number, _why)| (number, Vec::new()))
         .collect();
-    rules.insert(i64::from(libc::SYS_clone), clone_namespace_rules()?);
+    rules.insert(libc::SYS_clone, clone_namespace_rules()?);
 
     let filter = SeccompFilter::new(
         rules,

@@ -34,6 +34,10 @@ pub struct FunctionRecord {
     pub add_time: i64,
     /// Last change, Unix milliseconds.
     pub mod_time: i64,
+    /// How often a failed async invocation is retried (SCF's `RetryNum`, default 2).
+    pub async_retry_num: u32,
+    /// How long an accepted async event may wait to run, seconds (SCF's `MsgTTL`).
+    pub async_msg_ttl: u32,
 }
 
 /// What [`Store::insert_function`] did.
@@ -76,7 +80,8 @@ pub struct FunctionQuery {
 }
 
 const COLUMNS: &str = "namespace, function_name, handler, runtime, description, memory_size, \
-     timeout, environment, code_sha256, code_size, revision, add_time, mod_time";
+     timeout, environment, code_sha256, code_size, revision, add_time, mod_time, \
+     async_retry_num, async_msg_ttl";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
     let record = FunctionRecord {
@@ -93,6 +98,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
         revision: row.get(10)?,
         add_time: row.get(11)?,
         mod_time: row.get(12)?,
+        async_retry_num: row.get(13)?,
+        async_msg_ttl: row.get(14)?,
     };
     Ok((record, row.get(7)?))
 }
@@ -124,7 +131,7 @@ impl Store {
             let inserted = conn.execute(
                 &format!(
                     "INSERT OR IGNORE INTO functions ({COLUMNS}) \
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13 \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 \
                      WHERE EXISTS (SELECT 1 FROM namespaces WHERE namespace = ?1)"
                 ),
                 params![
@@ -141,6 +148,8 @@ impl Store {
                     record.revision,
                     record.add_time,
                     record.mod_time,
+                    record.async_retry_num,
+                    record.async_msg_ttl,
                 ],
             )?;
             if inserted == 1 {
@@ -174,7 +183,8 @@ impl Store {
             let updated = conn.execute(
                 "UPDATE functions SET handler = ?3, runtime = ?4, description = ?5, \
                  memory_size = ?6, timeout = ?7, environment = ?8, code_sha256 = ?9, \
-                 code_size = ?10, revision = ?11, mod_time = ?12 \
+                 code_size = ?10, revision = ?11, mod_time = ?12, async_retry_num = ?14, \
+                 async_msg_ttl = ?15 \
                  WHERE namespace = ?1 AND function_name = ?2 AND revision = ?13",
                 params![
                     record.namespace,
@@ -190,6 +200,8 @@ impl Store {
                     record.revision,
                     record.mod_time,
                     expected_revision,
+                    record.async_retry_num,
+                    record.async_msg_ttl,
                 ],
             )?;
             Ok(updated == 1)
@@ -331,6 +343,8 @@ mod tests {
             revision: 1,
             add_time,
             mod_time: add_time,
+            async_retry_num: 2,
+            async_msg_ttl: 86400,
         }
     }
 

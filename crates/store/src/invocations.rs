@@ -102,6 +102,8 @@ pub struct InvocationRecord {
     pub mem_usage: u64,
     /// The invocation's log.
     pub log: String,
+    /// Retries made before the attempt this record shows (async invocations).
+    pub retry_num: u32,
 }
 
 /// Sort key of [`Store::list_invocations`] (SCF's `orderby` values).
@@ -169,23 +171,8 @@ pub struct InvocationQuery {
     pub limit: u32,
 }
 
-/// An async event accepted and not yet finished.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AsyncEvent {
-    /// Request id handed to the caller.
-    pub request_id: String,
-    /// Namespace of the function.
-    pub namespace: String,
-    /// Function name.
-    pub function_name: String,
-    /// The event, JSON text.
-    pub event: String,
-    /// When it was accepted, Unix milliseconds.
-    pub accepted_time: i64,
-}
-
 const COLUMNS: &str = "request_id, namespace, function_name, invoke_type, status, start_time, \
-     ret_code, ret_msg, err_msg, duration_us, bill_duration, mem_usage, log, end_time";
+     ret_code, ret_msg, err_msg, duration_us, bill_duration, mem_usage, log, end_time, retry_num";
 
 type RawRecord = (InvocationRecord, String, String);
 
@@ -205,6 +192,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRecord> {
         mem_usage: row.get(11)?,
         log: row.get(12)?,
         end_time: row.get(13)?,
+        retry_num: row.get(14)?,
     };
     Ok((record, row.get(3)?, row.get(4)?))
 }
@@ -215,11 +203,14 @@ fn decode((mut record, invoke_type, status): RawRecord) -> Result<InvocationReco
     Ok(record)
 }
 
-fn upsert(conn: &rusqlite::Connection, record: &InvocationRecord) -> rusqlite::Result<usize> {
+pub(crate) fn upsert(
+    conn: &rusqlite::Connection,
+    record: &InvocationRecord,
+) -> rusqlite::Result<usize> {
     conn.execute(
         &format!(
             "INSERT OR REPLACE INTO invocations ({COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
         ),
         params![
             record.request_id,
@@ -236,6 +227,7 @@ fn upsert(conn: &rusqlite::Connection, record: &InvocationRecord) -> rusqlite::R
             record.mem_usage,
             record.log,
             record.end_time,
+            record.retry_num,
         ],
     )
 }
@@ -249,77 +241,6 @@ impl Store {
         self.with(move |conn| {
             upsert(conn, &record)?;
             Ok(())
-        })
-        .await
-    }
-
-    /// Durably accepts an async event: the event row and a `RUNNING` invocation record are
-    /// committed together before this returns.
-    ///
-    /// # Errors
-    /// [`StoreError::Sql`].
-    pub async fn accept_async_event(&self, event: AsyncEvent) -> Result<(), StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
-            tx.execute(
-                "INSERT INTO async_events \
-                 (request_id, namespace, function_name, event, accepted_time) \
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    event.request_id,
-                    event.namespace,
-                    event.function_name,
-                    event.event,
-                    event.accepted_time,
-                ],
-            )?;
-            upsert(&tx, &running_record(&event))?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Stores an async event's final record and forgets the event, in one transaction.
-    ///
-    /// # Errors
-    /// [`StoreError::Sql`].
-    pub async fn finish_async_event(&self, record: InvocationRecord) -> Result<(), StoreError> {
-        self.with(move |conn| {
-            let tx = conn.transaction()?;
-            upsert(&tx, &record)?;
-            tx.execute(
-                "DELETE FROM async_events WHERE request_id = ?1",
-                params![record.request_id],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Every accepted async event that has not finished, oldest first.
-    ///
-    /// # Errors
-    /// [`StoreError::Sql`].
-    pub async fn pending_async_events(&self) -> Result<Vec<AsyncEvent>, StoreError> {
-        self.with(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT request_id, namespace, function_name, event, accepted_time \
-                 FROM async_events ORDER BY accepted_time, rowid",
-            )?;
-            let events = statement
-                .query_map([], |row| {
-                    Ok(AsyncEvent {
-                        request_id: row.get(0)?,
-                        namespace: row.get(1)?,
-                        function_name: row.get(2)?,
-                        event: row.get(3)?,
-                        accepted_time: row.get(4)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(events)
         })
         .await
     }
@@ -435,25 +356,6 @@ fn filter_clause(query: &InvocationQuery) -> (String, Vec<Value>) {
     (clause, values)
 }
 
-fn running_record(event: &AsyncEvent) -> InvocationRecord {
-    InvocationRecord {
-        request_id: event.request_id.clone(),
-        namespace: event.namespace.clone(),
-        function_name: event.function_name.clone(),
-        invoke_type: InvokeType::Event,
-        status: InvocationStatus::Running,
-        start_time: event.accepted_time,
-        end_time: 0,
-        ret_code: 0,
-        ret_msg: String::new(),
-        err_msg: String::new(),
-        duration_us: 0,
-        bill_duration_ms: 0,
-        mem_usage: 0,
-        log: String::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -464,13 +366,23 @@ mod tests {
         (dir, store)
     }
 
-    fn event(id: &str, at: i64) -> AsyncEvent {
-        AsyncEvent {
+    fn record(id: &str, start_time: i64) -> InvocationRecord {
+        InvocationRecord {
             request_id: id.into(),
             namespace: "default".into(),
             function_name: "f".into(),
-            event: "{}".into(),
-            accepted_time: at,
+            invoke_type: InvokeType::RequestResponse,
+            status: InvocationStatus::Finished,
+            start_time,
+            end_time: start_time + 5,
+            ret_code: 0,
+            ret_msg: String::new(),
+            err_msg: String::new(),
+            duration_us: 0,
+            bill_duration_ms: 0,
+            mem_usage: 0,
+            log: String::new(),
+            retry_num: 0,
         }
     }
 
@@ -485,61 +397,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn accepted_event_is_pending_until_finished() {
-        let (_dir, store) = open();
-        store
-            .accept_async_event(event("r1", 1))
-            .await
-            .expect("accept");
-        store
-            .accept_async_event(event("r2", 2))
-            .await
-            .expect("accept");
-        let pending = store.pending_async_events().await.expect("pending");
-        assert_eq!(pending.len(), 2);
-
-        let (total, rows) = store.list_invocations(query()).await.expect("list");
-        assert_eq!(total, 2);
-        assert_eq!(rows[0].status, InvocationStatus::Running);
-
-        let mut done = running_record(&event("r1", 1));
-        done.status = InvocationStatus::Finished;
-        done.ret_msg = "1".into();
-        store.finish_async_event(done).await.expect("finish");
-
-        let pending = store.pending_async_events().await.expect("pending");
-        assert_eq!(
-            pending
-                .iter()
-                .map(|e| e.request_id.as_str())
-                .collect::<Vec<_>>(),
-            ["r2"]
-        );
-        let filtered = InvocationQuery {
-            request_id: Some("r1".into()),
-            ..query()
-        };
-        let (total, rows) = store.list_invocations(filtered).await.expect("list");
-        assert_eq!(total, 1);
-        assert_eq!(rows[0].status, InvocationStatus::Finished);
-        assert_eq!(rows[0].ret_msg, "1");
-    }
-
-    #[tokio::test]
-    async fn refuses_a_duplicate_request_id() {
-        let (_dir, store) = open();
-        store
-            .accept_async_event(event("r1", 1))
-            .await
-            .expect("accept");
-        assert!(store.accept_async_event(event("r1", 2)).await.is_err());
-        assert_eq!(
-            store.pending_async_events().await.expect("pending").len(),
-            1
-        );
-    }
-
-    #[tokio::test]
     async fn filters_by_code_status_type_and_time() {
         let (_dir, store) = open();
         for (id, code, start, invoke_type) in [
@@ -547,16 +404,13 @@ mod tests {
             ("user", 430, 200, InvokeType::RequestResponse),
             ("timeout", 433, 300, InvokeType::Event),
         ] {
-            let mut record = running_record(&event(id, start));
-            record.invoke_type = invoke_type;
-            record.status = if code == 0 {
-                InvocationStatus::Finished
-            } else {
-                InvocationStatus::Failed
-            };
-            record.ret_code = code;
-            record.end_time = start + 5;
-            store.record_invocation(record).await.expect("record");
+            let mut entry = record(id, start);
+            entry.invoke_type = invoke_type;
+            entry.ret_code = code;
+            if code != 0 {
+                entry.status = InvocationStatus::Failed;
+            }
+            store.record_invocation(entry).await.expect("record");
         }
         let ids = |rows: Vec<InvocationRecord>| {
             rows.into_iter().map(|r| r.request_id).collect::<Vec<_>>()
@@ -631,11 +485,9 @@ mod tests {
     async fn orders_invocations_by_duration() {
         let (_dir, store) = open();
         for (id, duration_us) in [("a", 30), ("b", 10), ("c", 20)] {
-            let mut record = running_record(&event(id, 1));
-            record.invoke_type = InvokeType::RequestResponse;
-            record.status = InvocationStatus::Finished;
-            record.duration_us = duration_us;
-            store.record_invocation(record).await.expect("record");
+            let mut entry = record(id, 1);
+            entry.duration_us = duration_us;
+            store.record_invocation(entry).await.expect("record");
         }
         let by_duration = InvocationQuery {
             order_by: InvocationOrder::Duration,

@@ -1,7 +1,7 @@
 //! The store: every piece of Nimbus state that must survive a restart.
 //!
-//! One SQLite database in WAL mode holds functions, invocation records (with their logs) and
-//! accepted async events. Code packages live as files beside it (see `nimbus-control`); the
+//! One SQLite database in WAL mode holds functions, namespaces, invocation records (with their
+//! logs), the async queue (accepted events, attempts, dead letters). Code packages live as files beside it (see `nimbus-control`); the
 //! database only holds their content hash.
 //!
 //! ```text
@@ -19,6 +19,7 @@
 mod functions;
 mod invocations;
 mod namespaces;
+mod queue;
 mod schema;
 
 use std::path::Path;
@@ -28,10 +29,10 @@ use rusqlite::Connection;
 
 pub use functions::{FunctionOrder, FunctionQuery, FunctionRecord, InsertFunction};
 pub use invocations::{
-    AsyncEvent, InvocationOrder, InvocationQuery, InvocationRecord, InvocationStatus, InvokeType,
-    RetCodeFilter,
+    InvocationOrder, InvocationQuery, InvocationRecord, InvocationStatus, InvokeType, RetCodeFilter,
 };
 pub use namespaces::{DeleteNamespace, NamespaceRecord};
+pub use queue::{AsyncEvent, AttemptFate, AttemptRecord, DeadLetter, QueuedEvent};
 
 /// Errors of the store. Each variant names the operation that failed.
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS functions (
@@ -64,6 +64,49 @@ INSERT OR IGNORE INTO namespaces (namespace, description, add_time, mod_time)
 ALTER TABLE invocations ADD COLUMN end_time INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 3: the durable async queue (leases, retries, time-to-live), each attempt's
+/// outcome, dead letters, and each function's retry policy.
+const SCHEMA_V3: &str = "
+ALTER TABLE async_events ADD COLUMN state TEXT NOT NULL DEFAULT 'queued';
+ALTER TABLE async_events ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE async_events ADD COLUMN run_errors INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE async_events ADD COLUMN next_run_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE async_events ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE async_events ADD COLUMN deadline INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE async_events ADD COLUMN retry_num INTEGER NOT NULL DEFAULT 2;
+UPDATE async_events SET next_run_at = accepted_time, deadline = accepted_time + 86400000;
+CREATE INDEX IF NOT EXISTS async_events_due ON async_events (state, next_run_at);
+CREATE TABLE IF NOT EXISTS async_attempts (
+    request_id     TEXT    NOT NULL,
+    attempt        INTEGER NOT NULL,
+    start_time     INTEGER NOT NULL,
+    end_time       INTEGER NOT NULL,
+    ret_code       INTEGER NOT NULL,
+    ret_msg        TEXT    NOT NULL,
+    err_msg        TEXT    NOT NULL,
+    duration_us    INTEGER NOT NULL,
+    mem_usage      INTEGER NOT NULL,
+    log            TEXT    NOT NULL,
+    PRIMARY KEY (request_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    request_id     TEXT    PRIMARY KEY,
+    namespace      TEXT    NOT NULL,
+    function_name  TEXT    NOT NULL,
+    event          TEXT    NOT NULL,
+    accepted_time  INTEGER NOT NULL,
+    failed_time    INTEGER NOT NULL,
+    attempts       INTEGER NOT NULL,
+    error_code     INTEGER NOT NULL,
+    error_message  TEXT    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_by_function
+    ON dead_letters (namespace, function_name, failed_time);
+ALTER TABLE functions ADD COLUMN async_retry_num INTEGER NOT NULL DEFAULT 2;
+ALTER TABLE functions ADD COLUMN async_msg_ttl INTEGER NOT NULL DEFAULT 86400;
+ALTER TABLE invocations ADD COLUMN retry_num INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Applies connection settings and creates or upgrades the schema.
 pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     // WAL lets readers proceed while a write commits; NORMAL sync in WAL mode loses nothing on
@@ -81,6 +124,12 @@ pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     if version < 2 {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA_V2)?;
+        tx.pragma_update(None, "user_version", 2)?;
+        tx.commit()?;
+    }
+    if version < 3 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA_V3)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }

@@ -75,6 +75,12 @@ pub async fn dispatch(state: &ApiState, action: &str, input: Input) -> Answer {
         "DeleteNamespace" => delete_namespace(state, input).await,
         "ListNamespaces" => list_namespaces(state, input).await,
         "GetAccount" => get_account(state, input).await,
+        "GetFunctionEventInvokeConfig" => get_event_invoke_config(state, input).await,
+        "UpdateFunctionEventInvokeConfig" => update_event_invoke_config(state, input).await,
+        // Nimbus extensions: the dead-letter store and each attempt of an async event.
+        "ListDeadLetterEvents" => list_dead_letter_events(state, input).await,
+        "ReplayDeadLetterEvent" => replay_dead_letter_event(state, input).await,
+        "ListAsyncEventAttempts" => list_async_event_attempts(state, input).await,
         other => Err(ApiError::InvalidAction(other.to_owned())),
     }
 }
@@ -423,7 +429,7 @@ async fn invoke(
     if is_async {
         let id = state
             .platform
-            .invoke_async(&namespace, &name, event, Billing::PerMs)
+            .invoke_async(&namespace, &name, event)
             .await?;
         let result = json!({
             "FunctionRequestId": id, "RetMsg": "", "ErrMsg": "", "Log": "",
@@ -862,7 +868,121 @@ async fn get_account(state: &ApiState, input: Input) -> Answer {
     );
     answer.insert(
         "AccountLimit".into(),
-        json!({ "Namespace": namespace_limits, "NamespacesCount": namespaces.len() }),
+        json!({
+            "Namespace": namespace_limits,
+            "NamespacesCount": nimbus_control::rules::MAX_NAMESPACES,
+        }),
     );
+    Ok(answer)
+}
+
+fn async_trigger_config(record: &FunctionRecord) -> Map<String, Value> {
+    let mut answer = Map::new();
+    answer.insert(
+        "AsyncTriggerConfig".into(),
+        json!({
+            "RetryConfig": [{ "RetryNum": record.async_retry_num }],
+            "MsgTTL": record.async_msg_ttl,
+        }),
+    );
+    answer
+}
+
+async fn get_event_invoke_config(state: &ApiState, mut input: Input) -> Answer {
+    let name = input.required("FunctionName")?;
+    let namespace = namespace(&mut input)?;
+    check_qualifier(&mut input, "Qualifier")?;
+    input.finish()?;
+    let record = state.platform.get_function(&namespace, &name).await?;
+    Ok(async_trigger_config(&record))
+}
+
+async fn update_event_invoke_config(state: &ApiState, mut input: Input) -> Answer {
+    let name = input.required("FunctionName")?;
+    let namespace = namespace(&mut input)?;
+    let mut config = input
+        .object("AsyncTriggerConfig")?
+        .ok_or_else(|| ApiError::MissingParameter("AsyncTriggerConfig".into()))?;
+    let mut retry_num = None;
+    for mut retry in config.objects("RetryConfig")? {
+        retry_num = retry.u32("RetryNum")?;
+        retry.finish()?;
+    }
+    let msg_ttl = config.u32("MsgTTL")?;
+    config.finish()?;
+    input.finish()?;
+    state
+        .platform
+        .update_async_config(&namespace, &name, retry_num, msg_ttl)
+        .await?;
+    Ok(Map::new())
+}
+
+async fn list_dead_letter_events(state: &ApiState, mut input: Input) -> Answer {
+    let name = input.required("FunctionName")?;
+    let namespace = namespace(&mut input)?;
+    let (offset, limit) = page(&mut input, 20, 100)?;
+    input.finish()?;
+    let (total, letters) = state
+        .platform
+        .list_dead_letters(&namespace, &name, offset, limit)
+        .await?;
+    let letters: Vec<Value> = letters
+        .iter()
+        .map(|letter| {
+            json!({
+                "InvokeRequestId": letter.request_id,
+                "Event": letter.event,
+                "AcceptedTime": precise_time(letter.accepted_time),
+                "FailedTime": precise_time(letter.failed_time),
+                "Attempts": letter.attempts,
+                "ErrorCode": letter.error_code,
+                "ErrorMessage": letter.error_message,
+            })
+        })
+        .collect();
+    let mut answer = Map::new();
+    answer.insert("TotalCount".into(), json!(total));
+    answer.insert("DeadLetters".into(), Value::Array(letters));
+    Ok(answer)
+}
+
+async fn replay_dead_letter_event(state: &ApiState, mut input: Input) -> Answer {
+    let name = input.required("FunctionName")?;
+    let namespace = namespace(&mut input)?;
+    let request_id = input.required("InvokeRequestId")?;
+    input.finish()?;
+    let new_id = state
+        .platform
+        .replay_dead_letter(&namespace, &name, &request_id)
+        .await?;
+    let mut answer = Map::new();
+    answer.insert("InvokeRequestId".into(), json!(new_id));
+    Ok(answer)
+}
+
+async fn list_async_event_attempts(state: &ApiState, mut input: Input) -> Answer {
+    let request_id = input.required("InvokeRequestId")?;
+    input.finish()?;
+    let attempts = state.platform.async_attempts(&request_id).await?;
+    let attempts: Vec<Value> = attempts
+        .iter()
+        .map(|a| {
+            json!({
+                "Attempt": a.attempt,
+                "StartTime": precise_time(a.start_time),
+                "EndTime": precise_time(a.end_time),
+                "RetCode": a.ret_code,
+                "RetMsg": a.ret_msg,
+                "ErrMsg": a.err_msg,
+                "Duration": a.duration_us as f64 / 1000.0,
+                "MemUsage": a.mem_usage,
+                "Log": a.log,
+            })
+        })
+        .collect();
+    let mut answer = Map::new();
+    answer.insert("TotalCount".into(), json!(attempts.len()));
+    answer.insert("Attempts".into(), Value::Array(attempts));
     Ok(answer)
 }

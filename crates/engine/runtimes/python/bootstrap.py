@@ -15,10 +15,17 @@ Before each reply the shim flushes stdout and stderr and writes an end
 marker (a per-instance secret token plus the request id) to stdout, so the
 engine can cut the shared log pipe exactly at the end of the invocation.
 
-The handler module is imported lazily, on the first invocation, so that an
-import failure is reported as that invocation's result. A failed import is
-retried by the next invocation, never in a loop. The shim exits as soon as
-the control socket reaches end of file: the engine is gone or wants it gone.
+The handler module is imported before the shim says it is ready, so that
+importing is bounded by the init timeout and not billed to an invocation. An
+import failure is reported as the first invocation's result, and the import
+is retried by the next invocation, never in a loop.
+
+Out of memory: a MemoryError escaping the handler or the import (what Python
+raises when RLIMIT_DATA refuses an allocation) is reported as status 434; the
+engine then recycles the instance.
+
+The shim exits as soon as the control socket reaches end of file: the engine
+is gone or wants it gone.
 """
 
 import importlib
@@ -109,6 +116,22 @@ class _Runner:
     def __init__(self, handler_spec):
         self._spec = handler_spec
         self._handler = None
+        self._start_failure = None
+
+    def load_at_start(self):
+        """Imports the handler now; a failure waits for the first invocation."""
+        try:
+            self._handler = self._load()
+        except _HandlerError as exc:
+            self._start_failure = exc
+
+    def _loaded_handler(self):
+        if self._handler is None:
+            if self._start_failure is not None:
+                failure, self._start_failure = self._start_failure, None
+                raise failure
+            self._handler = self._load()
+        return self._handler
 
     def _load(self):
         module_name, _, function_name = self._spec.rpartition(".")
@@ -147,8 +170,7 @@ class _Runner:
     def invoke(self, frame):
         request_id = frame.get("request_id", "")
         try:
-            if self._handler is None:
-                self._handler = self._load()
+            handler = self._loaded_handler()
         except _HandlerError as exc:
             print(exc.stack_trace or exc.message, file=sys.stderr)
             return _error(exc.status_code, request_id, exc.message, exc.stack_trace)
@@ -156,11 +178,12 @@ class _Runner:
         context = frame.get("context") or {}
         try:
             event = json.loads(frame["event"])
-            result = self._handler(event, context)
-        except BaseException:  # SystemExit too: the handler failed, the instance lives on
+            result = handler(event, context)
+        except BaseException as exc:  # SystemExit too: the handler failed, the instance lives on
             stack_trace = traceback.format_exc()
             print(stack_trace, file=sys.stderr, end="")
-            return _error(430, request_id, "user code exception caught", stack_trace)
+            status_code = 434 if isinstance(exc, MemoryError) else 430
+            return _error(status_code, request_id, "user code exception caught", stack_trace)
 
         try:
             ret_msg = json.dumps(result)
@@ -175,7 +198,8 @@ class _Runner:
 def _import_failure(exc):
     stack_trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-    return _HandlerError(443, message, stack_trace)
+    status_code = 434 if isinstance(exc, MemoryError) else 443
+    return _HandlerError(status_code, message, stack_trace)
 
 
 def _refine_runtime_name():
@@ -189,6 +213,8 @@ def main():
     _refine_runtime_name()
     sock = _take_control_socket()
     runner = _Runner(os.environ.get("_HANDLER", ""))
+    runner.load_at_start()
+    _flush_output()
     try:
         _send_frame(sock, {"ready": True})
         while True:
