@@ -523,7 +523,9 @@ fn function_spec(control: &Control, record: &FunctionRecord, region: &str) -> Fu
         name: record.function_name.clone(),
         version: "$LATEST".to_owned(),
         revision: record.revision,
-        runtime: Runtime::Python3,
+        // Control only stores runtimes it serves; an unknown name here is a stored row from a
+        // newer version, run as Python 3 rather than refused.
+        runtime: Runtime::from_scf_name(&record.runtime).unwrap_or(Runtime::Python3),
         handler: record.handler.clone(),
         code_dir: control.code_dir(record),
         memory_mb: record.memory_size,

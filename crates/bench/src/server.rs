@@ -27,7 +27,8 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The workspace root (two levels above this crate's manifest).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The `nimbus` binary: `$NIMBUS_BIN`, else built in release mode by cargo.

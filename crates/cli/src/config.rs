@@ -18,6 +18,10 @@ impl Defaults {
     pub const REGION: &'static str = "ap-guangzhou";
     /// Interpreter looked up on PATH and resolved to its real binary once.
     pub const PYTHON: &'static str = "python3";
+    /// Node.js looked up on PATH once; without it, Nodejs runtimes are refused.
+    pub const NODE: &'static str = "node";
+    /// Memory of all live instances together, MB.
+    pub const MEMORY_BUDGET_MB: u64 = 4096;
     /// Idle instances live this long.
     pub const KEEP_ALIVE_SECS: u64 = 600;
     /// Live instances per function.
@@ -93,6 +97,10 @@ pub struct FileCredential {
 pub struct FileEngine {
     /// Python interpreter (name on PATH or path).
     pub python: Option<String>,
+    /// Node.js binary (name on PATH or path).
+    pub node: Option<String>,
+    /// Memory of all live instances together, MB.
+    pub memory_budget_mb: Option<u64>,
     /// Idle keep-alive in seconds.
     pub keep_alive_secs: Option<u64>,
     /// Live instances per function.
@@ -115,6 +123,10 @@ pub struct ServeConfig {
     pub credentials: Vec<(String, String)>,
     /// Python interpreter to resolve.
     pub python: String,
+    /// Node.js binary to resolve.
+    pub node: String,
+    /// Memory of all live instances together, MB.
+    pub memory_budget_mb: u64,
     /// Idle keep-alive in seconds.
     pub keep_alive_secs: u64,
     /// Live instances per function.
@@ -175,6 +187,13 @@ pub fn resolve(
     if concurrency == 0 {
         bail!("engine.concurrency must be at least 1");
     }
+    let memory_budget_mb = file
+        .engine
+        .memory_budget_mb
+        .unwrap_or(Defaults::MEMORY_BUDGET_MB);
+    if memory_budget_mb == 0 {
+        bail!("engine.memory_budget_mb must be at least 1");
+    }
     let queue_workers = file.queue.workers.unwrap_or(Defaults::QUEUE_WORKERS);
     let queue_max_pending_per_function = file
         .queue
@@ -205,6 +224,11 @@ pub fn resolve(
             .keep_alive_secs
             .unwrap_or(Defaults::KEEP_ALIVE_SECS),
         concurrency,
+        node: file
+            .engine
+            .node
+            .unwrap_or_else(|| Defaults::NODE.to_owned()),
+        memory_budget_mb,
         log_limit_bytes: file
             .engine
             .log_limit_bytes
@@ -226,6 +250,10 @@ mod tests {
         assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(config.region, "ap-guangzhou");
         assert_eq!(config.python, "python3");
+        assert_eq!(
+            (config.node.as_str(), config.memory_budget_mb),
+            ("node", 4096)
+        );
         assert_eq!((config.keep_alive_secs, config.concurrency), (600, 8));
         assert_eq!(config.log_limit_bytes, 1 << 20);
         assert_eq!(config.queue_workers, 16);

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use nimbus_api::{AccountLimits, ApiState, AsyncRunner, Authenticator, Credential, Platform};
-use nimbus_control::{CodeStore, Control};
+use nimbus_control::{CodeStore, Control, RuntimeFamily};
 use nimbus_engine::{Engine, EngineConfig};
 use nimbus_queue::{Queue, QueueConfig};
 use nimbus_store::Store;
@@ -52,6 +52,18 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.keep_alive = Duration::from_secs(config.keep_alive_secs);
     engine_config.default_concurrency = config.concurrency;
     engine_config.log_limit_bytes = config.log_limit_bytes;
+    engine_config.memory_budget_mb = config.memory_budget_mb;
+    let mut runtimes = vec![RuntimeFamily::Python3];
+    match nimbus_engine::resolve_node(&config.node).await {
+        Ok(node) => {
+            tracing::info!(node = %node.display(), "node.js runtime ready");
+            engine_config.node = Some(node);
+            runtimes.push(RuntimeFamily::Nodejs);
+        }
+        Err(error) => {
+            tracing::warn!(%error, node = %config.node, "node.js not found; Nodejs runtimes are refused")
+        }
+    }
     let engine = Arc::new(Engine::new(engine_config).context("cannot start the engine")?);
     tracing::info!(python = %python.display(), "python runtime ready");
 
@@ -64,9 +76,9 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
 
     let limits = AccountLimits {
         concurrency: config.concurrency,
-        memory_budget_mb: 0,
+        memory_budget_mb: config.memory_budget_mb,
     };
-    let control = Control::new(store.clone(), code);
+    let control = Control::new(store.clone(), code, &runtimes);
     let runner = AsyncRunner::new(control.clone(), Arc::clone(&engine), config.region.clone());
     let queue_config = QueueConfig {
         // Async attempts may take at most half of a function's instances, so synchronous

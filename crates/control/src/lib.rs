@@ -102,15 +102,18 @@ pub struct Control {
     /// Serialises package writes and removals, so that removing an unused package cannot race
     /// with a new function starting to use it.
     code_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Runtime families whose interpreter this node has.
+    available: Arc<[RuntimeFamily]>,
 }
 
 impl Control {
-    /// Creates the service.
-    pub fn new(store: Store, code: CodeStore) -> Control {
+    /// Creates the service; functions may use the runtime families in `available`.
+    pub fn new(store: Store, code: CodeStore, available: &[RuntimeFamily]) -> Control {
         Control {
             store,
             code,
             code_lock: Arc::new(tokio::sync::Mutex::new(())),
+            available: available.into(),
         }
     }
 
@@ -142,7 +145,7 @@ impl Control {
         let runtime = settings
             .runtime
             .unwrap_or_else(|| rules::DEFAULT_RUNTIME.to_owned());
-        let family = rules::runtime_family(&runtime)?;
+        let family = rules::runtime_family_among(&runtime, &self.available)?;
         let handler_file = rules::handler_file(&handler, family)?;
         let description = settings.description.unwrap_or_default();
         rules::check_description(&description)?;
@@ -217,7 +220,7 @@ impl Control {
         if let Some(runtime) = settings.runtime {
             next.runtime = runtime;
         }
-        let family = rules::runtime_family(&next.runtime)?;
+        let family = rules::runtime_family_among(&next.runtime, &self.available)?;
         if let Some(handler) = settings.handler {
             next.handler = handler;
         }

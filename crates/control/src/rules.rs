@@ -110,6 +110,8 @@ pub fn check_msg_ttl(msg_ttl: u32) -> Result<(), ControlError> {
 pub enum RuntimeFamily {
     /// `Python3.x`
     Python3,
+    /// `Nodejs<major>.<minor>`
+    Nodejs,
 }
 
 impl RuntimeFamily {
@@ -117,12 +119,13 @@ impl RuntimeFamily {
     pub fn handler_extension(self) -> &'static str {
         match self {
             RuntimeFamily::Python3 => ".py",
+            RuntimeFamily::Nodejs => ".js",
         }
     }
 }
 
 /// SCF runtime names Nimbus serves, and the family each maps to. Every Python 3 name runs on
-/// the host's one Python 3 interpreter.
+/// the host's one Python 3 interpreter, every Node.js name on the host's `node`.
 const SERVED_RUNTIMES: &[(&str, RuntimeFamily)] = &[
     ("Python3.6", RuntimeFamily::Python3),
     ("Python3.7", RuntimeFamily::Python3),
@@ -130,6 +133,11 @@ const SERVED_RUNTIMES: &[(&str, RuntimeFamily)] = &[
     ("Python3.10", RuntimeFamily::Python3),
     ("Python3.11", RuntimeFamily::Python3),
     ("Python3.12", RuntimeFamily::Python3),
+    ("Nodejs12.16", RuntimeFamily::Nodejs),
+    ("Nodejs14.18", RuntimeFamily::Nodejs),
+    ("Nodejs16.13", RuntimeFamily::Nodejs),
+    ("Nodejs18.15", RuntimeFamily::Nodejs),
+    ("Nodejs20.x", RuntimeFamily::Nodejs),
 ];
 
 /// SCF runtime names that exist in the cloud but that this node cannot serve (yet).
@@ -138,10 +146,6 @@ const KNOWN_UNSERVED: &[&str] = &[
     "Nodejs6.10",
     "Nodejs8.9",
     "Nodejs10.15",
-    "Nodejs12.16",
-    "Nodejs14.18",
-    "Nodejs16.13",
-    "Nodejs18.15",
     "Php5.6",
     "Php7",
     "Php7.4",
@@ -200,16 +204,42 @@ pub fn check_namespace(namespace: &str) -> Result<(), ControlError> {
     }
 }
 
-/// Maps an SCF runtime name to the family that serves it.
+/// Maps an SCF runtime name to the family that serves it, whatever this node has installed.
 ///
 /// # Errors
 /// `InvalidParameterValue.Runtime`, saying whether the name is unknown or known but not served
-/// on this node.
+/// by Nimbus.
 pub fn runtime_family(runtime: &str) -> Result<RuntimeFamily, ControlError> {
+    runtime_family_among(runtime, &[RuntimeFamily::Python3, RuntimeFamily::Nodejs])
+}
+
+/// Maps an SCF runtime name to its family, if that family is `available` on this node.
+///
+/// # Errors
+/// `InvalidParameterValue.Runtime`, saying whether the name is unknown, known but not served
+/// by Nimbus, or served but not installed here.
+pub fn runtime_family_among(
+    runtime: &str,
+    available: &[RuntimeFamily],
+) -> Result<RuntimeFamily, ControlError> {
+    let served: Vec<&str> = SERVED_RUNTIMES
+        .iter()
+        .filter(|(_, family)| available.contains(family))
+        .map(|(name, _)| *name)
+        .collect();
     if let Some((_, family)) = SERVED_RUNTIMES.iter().find(|(name, _)| *name == runtime) {
-        return Ok(*family);
+        if available.contains(family) {
+            return Ok(*family);
+        }
+        return Err(invalid(
+            "InvalidParameterValue.Runtime",
+            format!(
+                "runtime {runtime} cannot be served here: its interpreter was not found on this \
+                 node; served runtimes: {}",
+                served.join(", ")
+            ),
+        ));
     }
-    let served: Vec<&str> = SERVED_RUNTIMES.iter().map(|(name, _)| *name).collect();
     let message = if KNOWN_UNSERVED.contains(&runtime) {
         format!(
             "runtime {runtime} cannot be served by this node; served runtimes: {}",
