@@ -268,10 +268,12 @@ impl Authenticator {
 /// The `Host` header as received, and without its port when it has one.
 fn host_variants(host: &str) -> Vec<String> {
     let mut variants = vec![host.to_owned()];
-    if let Some((bare, port)) = host.rsplit_once(':') {
-        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !bare.ends_with(':') {
-            variants.push(bare.to_owned());
-        }
+    if let Some((bare, port)) = host.rsplit_once(':')
+        && !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !bare.ends_with(':')
+    {
+        variants.push(bare.to_owned());
     }
     variants
 }

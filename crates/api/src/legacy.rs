@@ -299,13 +299,13 @@ async fn invoke_function(
         &["None", "Tail"],
         "InvalidParameterValue.LogType",
     )? == Some(1);
-    if let Some(version) = params.get("version").or(params.get("qualifier")) {
-        if !matches!(version, "" | "$LATEST" | "LATEST") {
-            return Err(ApiError::invalid(
-                "InvalidParameterValue.Qualifier",
-                format!("version {version:?} does not exist; only $LATEST is served"),
-            ));
-        }
+    if let Some(version) = params.get("version").or(params.get("qualifier"))
+        && !matches!(version, "" | "$LATEST" | "LATEST")
+    {
+        return Err(ApiError::invalid(
+            "InvalidParameterValue.Qualifier",
+            format!("version {version:?} does not exist; only $LATEST is served"),
+        ));
     }
     let event = params
         .get("param")
