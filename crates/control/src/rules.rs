@@ -296,8 +296,8 @@ pub fn handler_file(handler: &str, family: RuntimeFamily) -> Result<String, Cont
 /// # Errors
 /// `InvalidParameterValue.MemorySize`.
 pub fn check_memory(memory_mb: u32, limits: &Limits) -> Result<(), ControlError> {
-    let in_steps =
-        memory_mb.is_multiple_of(128) && (limits.min_memory_mb..=limits.max_memory_mb).contains(&memory_mb);
+    let in_steps = memory_mb.is_multiple_of(128)
+        && (limits.min_memory_mb..=limits.max_memory_mb).contains(&memory_mb);
     if in_steps || (limits.allow_64_mb && memory_mb == 64) {
         Ok(())
     } else {
