@@ -224,3 +224,30 @@ def test_connection_flags_are_global(server, deployed):
         timeout=CLI_TIMEOUT_S,
     )
     assert json.loads(ok(result).stdout) == {"g": 1}
+
+
+def test_status_dead_letters_and_replay(server, tmp_path):
+    """`status`, `dead-letters` and `replay` read the async queue through API 3.0."""
+    from api3_helpers import Api3
+
+    sdk = Api3.for_server(server)
+    source = tmp_path / "fn"
+    source.mkdir()
+    (source / "index.py").write_text(
+        "def main_handler(event, context):\n    raise ValueError('cli-boom')\n")
+    name = unique_name("clidlq")
+    ok(run_cli(server, "deploy", str(source), "--name", name))
+    sdk.call("UpdateFunctionEventInvokeConfig", FunctionName=name,
+             AsyncTriggerConfig={"RetryConfig": [{"RetryNum": 0}], "MsgTTL": 3600})
+    request_id = ok(run_cli(server, "invoke", name, "--async")).stdout.strip()
+    sdk.wait_async(request_id)
+
+    status = ok(run_cli(server, "status", request_id)).stdout
+    assert request_id in status and "FAILED" in status and "retCode=430" in status
+    letters = ok(run_cli(server, "dead-letters", name)).stdout
+    assert request_id in letters and "cli-boom" in letters
+    new_id = ok(run_cli(server, "replay", name, request_id)).stdout.strip()
+    assert new_id and new_id != request_id
+    assert sdk.wait_async(new_id)["Status"] == "FAILED"
+    again = run_cli(server, "replay", name, request_id)
+    assert again.returncode != 0 and "ResourceNotFound.AsyncEvent" in again.stderr

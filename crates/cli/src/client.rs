@@ -21,11 +21,11 @@ pub struct Client {
     secret_key: String,
 }
 
-/// What a legacy call answered with a non-zero code.
+/// What a call answered with an error.
 #[derive(Debug, thiserror::Error)]
-#[error("{code_desc} ({code}): {message}")]
+#[error("{code_desc}: {message}")]
 pub struct CallError {
-    /// Legacy numeric code.
+    /// Legacy numeric code (0 for API 3.0, which has none).
     pub code: i64,
     /// Code string.
     pub code_desc: String,
@@ -133,6 +133,126 @@ impl Client {
         }
         Ok(body)
     }
+}
+
+impl Client {
+    /// Calls an API 3.0 action (TC3-HMAC-SHA256, JSON body); returns `Response` on success.
+    ///
+    /// # Errors
+    /// Transport failures, and [`CallError`] (code 0 for API 3.0) for an `Error` answer.
+    pub fn call3(&self, action: &str, params: &Value) -> anyhow::Result<Value> {
+        let body = serde_json::to_vec(params).context("cannot encode the request")?;
+        let timestamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("clock is before 1970")?
+            .as_secs();
+        let timestamp = i64::try_from(timestamp).context("clock out of range")?;
+        let headers = vec![
+            ("content-type".to_owned(), "application/json".to_owned()),
+            ("host".to_owned(), self.host.clone()),
+        ];
+        let request = nimbus_sign::Tc3Request {
+            method: "POST",
+            path: "/",
+            raw_query: "",
+            headers: &headers,
+            payload: nimbus_sign::Tc3Payload::Bytes(&body),
+        };
+        let authorization = nimbus_sign::tc3_authorization(
+            &self.secret_id,
+            &self.secret_key,
+            timestamp,
+            "scf",
+            &request,
+        );
+        let url = format!("{}/", self.base_url);
+        let response = ureq::post(&url)
+            .set("Content-Type", "application/json")
+            .set("Authorization", &authorization)
+            .set("X-TC-Action", action)
+            .set("X-TC-Version", nimbus_api::api3::VERSION)
+            .set("X-TC-Timestamp", &timestamp.to_string())
+            .set("X-TC-Region", "ap-guangzhou")
+            .send_bytes(&body)
+            .with_context(|| format!("cannot reach Nimbus at {}", self.base_url))?;
+        let answer: Value = serde_json::from_reader(response.into_reader())
+            .context("the server's answer is not JSON")?;
+        let response = answer["Response"].clone();
+        if let Some(error) = response.get("Error") {
+            return Err(CallError {
+                code: 0,
+                code_desc: error["Code"].as_str().unwrap_or("").to_owned(),
+                message: error["Message"].as_str().unwrap_or("").to_owned(),
+            }
+            .into());
+        }
+        Ok(response)
+    }
+}
+
+/// Prints an async event's status and each of its attempts.
+///
+/// # Errors
+/// API failures.
+pub fn status(client: &Client, request_id: &str) -> anyhow::Result<()> {
+    let id = serde_json::json!({ "InvokeRequestId": request_id });
+    let status = client.call3("GetAsyncEventStatus", &id)?;
+    println!(
+        "{}  {}  statusCode={}",
+        request_id,
+        status["Result"]["Status"].as_str().unwrap_or(""),
+        status["Result"]["StatusCode"]
+    );
+    let attempts = client.call3("ListAsyncEventAttempts", &id)?;
+    for attempt in attempts["Attempts"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  attempt {}  {}  retCode={}  {:.3} ms",
+            attempt["Attempt"],
+            attempt["StartTime"].as_str().unwrap_or(""),
+            attempt["RetCode"],
+            attempt["Duration"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(())
+}
+
+/// Prints a function's dead letters.
+///
+/// # Errors
+/// API failures.
+pub fn dead_letters(client: &Client, name: &str) -> anyhow::Result<()> {
+    let letters = client.call3(
+        "ListDeadLetterEvents",
+        &serde_json::json!({ "FunctionName": name, "Limit": 100 }),
+    )?;
+    for letter in letters["DeadLetters"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+    {
+        println!(
+            "{}  {}  attempts={}  errorCode={}  {}",
+            letter["FailedTime"].as_str().unwrap_or(""),
+            letter["InvokeRequestId"].as_str().unwrap_or(""),
+            letter["Attempts"],
+            letter["ErrorCode"],
+            letter["ErrorMessage"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+/// Queues a dead letter again and prints the new request id.
+///
+/// # Errors
+/// API failures.
+pub fn replay(client: &Client, name: &str, request_id: &str) -> anyhow::Result<()> {
+    let replayed = client.call3(
+        "ReplayDeadLetterEvent",
+        &serde_json::json!({ "FunctionName": name, "InvokeRequestId": request_id }),
+    )?;
+    println!("{}", replayed["InvokeRequestId"].as_str().unwrap_or(""));
+    Ok(())
 }
 
 /// Options of `nimbus deploy`.

@@ -78,6 +78,23 @@ enum Command {
     },
     /// List functions.
     Functions,
+    /// Print an async invocation's status and attempts.
+    Status {
+        /// The request id `invoke --async` printed.
+        request_id: String,
+    },
+    /// List a function's dead letters (async events that failed for good).
+    DeadLetters {
+        /// Function name.
+        name: String,
+    },
+    /// Queue a dead letter's event again; prints the new request id.
+    Replay {
+        /// Function name.
+        name: String,
+        /// The dead letter's request id.
+        request_id: String,
+    },
 }
 
 /// Where the client connects and with which credentials.
@@ -181,6 +198,18 @@ fn run(command: Command, connection: &Connection) -> anyhow::Result<bool> {
         } => client::invoke(&connection.client()?, &name, &event, is_async, log),
         Command::Logs { name, limit } => {
             client::logs(&connection.client()?, &name, limit)?;
+            Ok(true)
+        }
+        Command::Status { request_id } => {
+            client::status(&connection.client()?, &request_id)?;
+            Ok(true)
+        }
+        Command::DeadLetters { name } => {
+            client::dead_letters(&connection.client()?, &name)?;
+            Ok(true)
+        }
+        Command::Replay { name, request_id } => {
+            client::replay(&connection.client()?, &name, &request_id)?;
             Ok(true)
         }
         Command::Functions => {
