@@ -9,6 +9,8 @@ import stat
 import subprocess
 import shutil
 import tempfile
+import threading
+import time
 import tomllib
 from pathlib import Path
 
@@ -106,6 +108,30 @@ def test_sigterm_stops_the_server_and_its_instances(server_factory):
     assert not left, f"processes left behind after SIGTERM: {sorted(left)}"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+def test_sigterm_lets_an_in_flight_invocation_finish(server_factory):
+    server = server_factory.start()
+    api = server.legacy()
+    name = unique_name()
+    assert_ok(api.create(name, toolbox_zip(), timeout=10))
+    invoke_data(api.invoke(name, {}))  # warm, so the slow call below starts at once
+    result = {}
+
+    def slow_call():
+        result["resp"] = api.invoke(name, {"sleep": 2, "return": "count"})
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    poll(lambda: len(descendants(server.pid)), lambda n: n > 0, timeout=5)
+    time.sleep(0.5)  # the call is inside the handler's 2 s sleep
+    proc = server.proc
+    proc.send_signal(signal.SIGTERM)
+    caller.join(timeout=15)
+    data = invoke_data(result["resp"])
+    assert json.loads(data["retMsg"])["count"] == 2
+    proc.wait(timeout=10)
+    assert proc.returncode in (0, -signal.SIGTERM)
 
 
 def test_missing_data_dir_is_created(server_factory):

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::ServeConfig;
 
+/// How long in-flight requests may run on after SIGTERM.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Name of the generated credentials file inside the data directory.
 pub const CREDENTIALS_FILE: &str = "credentials";
 
@@ -104,10 +107,25 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .flush()
         .context("cannot write to stdout")?;
 
-    axum::serve(listener, nimbus_api::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("the server failed")?;
+    // On SIGTERM the listener closes and in-flight requests may finish, for at most the grace
+    // period; then the instances still running them are stopped regardless.
+    let stopping = Arc::new(tokio::sync::Notify::new());
+    let signalled = Arc::clone(&stopping);
+    let server =
+        axum::serve(listener, nimbus_api::router(state)).with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            signalled.notify_one();
+        });
+    let grace_over = async {
+        stopping.notified().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = server => served.context("the server failed")?,
+        () = grace_over => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "requests still running after the grace period; stopping them");
+        }
+    }
     tracing::info!("stopping instances");
     platform.shutdown().await;
     tracing::info!("stopped");
