@@ -124,7 +124,7 @@ def test_no_event_is_lost_or_invented_across_sigkills(server_factory):
     lock = threading.Lock()
     server = first
     rng = random.Random(5)
-    for _round in range(4):
+    for _round in range(6):
         sdk = Api3.for_server(server)
         stop = threading.Event()
 
@@ -142,10 +142,10 @@ def test_no_event_is_lost_or_invented_across_sigkills(server_factory):
                 with lock:
                     accepted.add(request_id)
 
-        senders = [threading.Thread(target=send, args=(w,)) for w in range(4)]
+        senders = [threading.Thread(target=send, args=(w,)) for w in range(8)]
         for sender in senders:
             sender.start()
-        time.sleep(rng.uniform(0.5, 1.5))
+        time.sleep(rng.uniform(1.0, 2.5))
         server.proc.kill()  # SIGKILL: no chance to flush or finish anything
         stop.set()
         for sender in senders:
@@ -154,7 +154,8 @@ def test_no_event_is_lost_or_invented_across_sigkills(server_factory):
         server = server_factory.start(data_dir=data_dir, secret_key=key)
 
     sdk = Api3.for_server(server)
-    assert len(accepted) >= 200, f"only {len(accepted)} events were accepted"
+    print(f"accepted {len(accepted)} events, {lost_answers} answers lost to SIGKILL")
+    assert len(accepted) >= 1000, f"only {len(accepted)} events were accepted"
 
     def all_events():
         listed, offset = {}, 0
