@@ -12,7 +12,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::Response;
 use nimbus_control::{FunctionSettings, Limits};
-use nimbus_engine::InvocationResult;
 use nimbus_store::{
     FunctionOrder, FunctionQuery, FunctionRecord, InvocationOrder, InvocationQuery,
 };
@@ -29,8 +28,6 @@ use crate::{ApiState, json_response, unix_now};
 pub const PATH: &str = "/v2/index.php";
 /// Largest event (`param`) of a legacy invocation.
 pub const MAX_EVENT_BYTES: usize = 1024 * 1024;
-/// Largest `Tail` log returned with a synchronous invocation.
-pub const TAIL_BYTES: usize = 4096;
 const NAMESPACE: &str = nimbus_control::rules::DEFAULT_NAMESPACE;
 
 /// Serves one legacy request.
@@ -326,32 +323,21 @@ async fn invoke_function(
             .await?;
         return Ok(data(json!({ "requestId": request_id })));
     }
-    let (outcome, bill_ms) = state
+    let result = state
         .platform
         .invoke_sync(namespace, name, event.to_owned(), Billing::Per100Ms)
         .await?;
-    let (ret_msg, err_msg, invoke_result) = match &outcome.result {
-        InvocationResult::Success { ret_msg } => (ret_msg.clone(), String::new(), 0),
-        InvocationResult::Failed {
-            status_code,
-            err_msg,
-        } => (String::new(), err_msg.clone(), i64::from(*status_code)),
-    };
-    let log = if tail {
-        crate::tail(&outcome.log, TAIL_BYTES)
-    } else {
-        ""
-    };
+    let log = result.log_view(tail);
     Ok(data(json!({
-        "requestId": outcome.request_id,
-        "retMsg": ret_msg,
-        "errMsg": err_msg,
-        "log": log,
-        "logMsg": log,
-        "duration": crate::duration_ms(outcome.duration),
-        "memUsage": outcome.mem_usage_bytes,
-        "billDuration": bill_ms,
-        "invokeResult": invoke_result,
+            "requestId": result.request_id,
+            "retMsg": result.ret_msg,
+            "errMsg": result.err_msg,
+            "log": log,
+            "logMsg": log,
+            "duration": result.duration_ms,
+            "memUsage": result.mem_usage,
+            "billDuration": result.bill_ms,
+            "invokeResult": result.invoke_result,
     })))
 }
 

@@ -54,6 +54,61 @@ impl Billing {
     }
 }
 
+/// A finished synchronous invocation, in the terms both dialects answer with.
+#[derive(Debug, Clone)]
+pub struct SyncResult {
+    /// Request id it ran under.
+    pub request_id: String,
+    /// JSON text of the return value ("" on failure).
+    pub ret_msg: String,
+    /// SCF's error object as text ("" on success).
+    pub err_msg: String,
+    /// 0 on success, else the function status code.
+    pub invoke_result: i64,
+    /// The whole log of the invocation.
+    pub log: String,
+    /// Duration in milliseconds, microsecond precision.
+    pub duration_ms: f64,
+    /// Peak memory, bytes.
+    pub mem_usage: u64,
+    /// Billed milliseconds under the dialect's rule.
+    pub bill_ms: u64,
+}
+
+impl SyncResult {
+    fn new(outcome: InvocationOutcome, bill_ms: u64) -> SyncResult {
+        let (ret_msg, err_msg, invoke_result) = match outcome.result {
+            InvocationResult::Success { ret_msg } => (ret_msg, String::new(), 0),
+            InvocationResult::Failed {
+                status_code,
+                err_msg,
+            } => (String::new(), err_msg, i64::from(status_code)),
+        };
+        SyncResult {
+            request_id: outcome.request_id,
+            ret_msg,
+            err_msg,
+            invoke_result,
+            log: outcome.log,
+            duration_ms: crate::duration_ms(outcome.duration),
+            mem_usage: outcome.mem_usage_bytes,
+            bill_ms,
+        }
+    }
+
+    /// The log as `LogType=Tail` returns it: its last 4 KB, or nothing without `Tail`.
+    pub fn log_view(&self, tail: bool) -> &str {
+        if tail {
+            crate::tail(&self.log, TAIL_BYTES)
+        } else {
+            ""
+        }
+    }
+}
+
+/// Largest `Tail` log returned with a synchronous invocation.
+pub const TAIL_BYTES: usize = 4096;
+
 /// What this node allows, as `GetAccount` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AccountLimits {
@@ -402,7 +457,7 @@ impl Platform {
         name: &str,
         event: String,
         billing: Billing,
-    ) -> Result<(InvocationOutcome, u64), ApiError> {
+    ) -> Result<SyncResult, ApiError> {
         let record = self.control.get_function(namespace, name).await?;
         let request_id = new_request_id();
         let start_time = nimbus_store::now_ms();
@@ -423,7 +478,7 @@ impl Platform {
             .record_invocation(entry)
             .await
             .map_err(|e| internal(&e))?;
-        Ok((outcome, bill_ms))
+        Ok(SyncResult::new(outcome, bill_ms))
     }
 
     /// Accepts an async invocation: the event is committed before this returns its request

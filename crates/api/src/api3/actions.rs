@@ -1,7 +1,6 @@
 //! API 3.0 actions: read the fields, call the platform, shape the answer.
 
 use nimbus_control::{FunctionSettings, Limits};
-use nimbus_engine::InvocationResult;
 use nimbus_store::{
     FunctionOrder, FunctionQuery, FunctionRecord, InvocationOrder, InvocationQuery,
     InvocationRecord, InvocationStatus, InvokeType, RetCodeFilter,
@@ -11,14 +10,12 @@ use serde_json::{Map, Value, json};
 use super::Input;
 use crate::error::ApiError;
 use crate::platform::Billing;
-use crate::{ApiState, check_event, duration_ms, format_time};
+use crate::{ApiState, check_event, format_time};
 
 /// Largest event of a synchronous invocation.
 pub const MAX_SYNC_EVENT_BYTES: usize = 6 * 1024 * 1024;
 /// Largest event of an asynchronous invocation.
 pub const MAX_ASYNC_EVENT_BYTES: usize = 128 * 1024;
-/// Largest `Tail` log.
-const TAIL_BYTES: usize = 4096;
 const DEFAULT_NAMESPACE: &str = nimbus_control::rules::DEFAULT_NAMESPACE;
 
 /// Fields accepted and not used: settings that have no meaning on a self-hosted node (log
@@ -437,31 +434,19 @@ async fn invoke(
         });
         return Ok(result_answer(result));
     }
-    let (outcome, bill_ms) = state
+    let result = state
         .platform
         .invoke_sync(&namespace, &name, event, Billing::PerMs)
         .await?;
-    let (ret_msg, err_msg, invoke_result) = match &outcome.result {
-        InvocationResult::Success { ret_msg } => (ret_msg.clone(), String::new(), 0),
-        InvocationResult::Failed {
-            status_code,
-            err_msg,
-        } => (String::new(), err_msg.clone(), i64::from(*status_code)),
-    };
-    let log = if tail {
-        crate::tail(&outcome.log, TAIL_BYTES)
-    } else {
-        ""
-    };
     Ok(result_answer(json!({
-        "FunctionRequestId": outcome.request_id,
-        "RetMsg": ret_msg,
-        "ErrMsg": err_msg,
-        "Log": log,
-        "MemUsage": outcome.mem_usage_bytes,
-        "Duration": duration_ms(outcome.duration),
-        "BillDuration": bill_ms,
-        "InvokeResult": invoke_result,
+            "FunctionRequestId": result.request_id,
+            "RetMsg": result.ret_msg,
+            "ErrMsg": result.err_msg,
+            "Log": result.log_view(tail),
+            "MemUsage": result.mem_usage,
+            "Duration": result.duration_ms,
+            "BillDuration": result.bill_ms,
+            "InvokeResult": result.invoke_result,
     })))
 }
 
