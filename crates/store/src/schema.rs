@@ -58,9 +58,11 @@ CREATE TABLE IF NOT EXISTS namespaces (
     mod_time       INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO namespaces (namespace, description, add_time, mod_time)
-    VALUES ('default', 'the default namespace', 0, 0);
+    VALUES ('default', 'the default namespace',
+            CAST(strftime('%s', 'now') AS INTEGER) * 1000,
+            CAST(strftime('%s', 'now') AS INTEGER) * 1000);
 INSERT OR IGNORE INTO namespaces (namespace, description, add_time, mod_time)
-    SELECT DISTINCT namespace, '', 0, 0 FROM functions;
+    SELECT namespace, '', MIN(add_time), MIN(add_time) FROM functions GROUP BY namespace;
 ALTER TABLE invocations ADD COLUMN end_time INTEGER NOT NULL DEFAULT 0;
 ";
 
