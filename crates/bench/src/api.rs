@@ -440,18 +440,21 @@ impl CallError {
     pub fn reason(&self) -> String {
         match self {
             CallError::Refused { reason, .. } => reason.clone(),
-            CallError::Exchange { source, .. } => {
-                let mut text = self.to_string();
-                let mut cause: Option<&dyn std::error::Error> = Some(source);
-                while let Some(error) = cause {
-                    text.push_str(": ");
-                    text.push_str(&error.to_string());
-                    cause = error.source();
-                }
-                text
-            }
+            CallError::Exchange { .. } => error_chain(self),
         }
     }
+}
+
+/// An error and its causes on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        cause = inner.source();
+    }
+    text
 }
 
 /// A control-plane client: API 3.0 calls on one reused connection.

@@ -42,15 +42,21 @@ impl BareServer {
             .thread_name("bare-server")
             .build()
             .context("cannot build the bare server's runtime")?;
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .context("cannot bind the bare server")?;
+        // Bound synchronously: this may be called from inside another runtime.
+        let listener =
+            std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind the bare server")?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the bare server's socket non-blocking")?;
         let addr = listener
             .local_addr()
             .context("cannot read the bare server's address")?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
             runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
                 let app = axum::Router::new().fallback(|_body: axum::body::Bytes| async {
                     (
                         [(axum::http::header::CONTENT_TYPE, "application/json")],

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::api::{self, Body, Connection, Expect};
+use crate::api::{self, Body, Connection, Expect, error_chain};
 
 /// Builds the next request to send.
 pub type MakeRequest = Arc<dyn Fn() -> hyper::Request<Body> + Send + Sync>;
@@ -201,18 +201,6 @@ async fn connection_loop(
         }
     }
     lane
-}
-
-/// An error and its causes on one line.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(inner) = cause {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        cause = inner.source();
-    }
-    text
 }
 
 #[cfg(test)]

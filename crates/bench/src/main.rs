@@ -68,7 +68,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -121,7 +121,9 @@ async fn run(cli: Cli) -> ExitCode {
     let report = Report {
         command: format!("cargo run --release -p nimbus-bench -- {}", args.join(" ")),
         started_at: started_at
-            .format(&time::format_description::well_known::Rfc3339)
+            .format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
             .unwrap_or_default(),
         duration_secs: clock.elapsed().as_secs_f64(),
         machine: Machine::probe(),
@@ -137,9 +139,21 @@ async fn run(cli: Cli) -> ExitCode {
     println!();
     println!("{}", report::table(&report.outcomes));
     println!("{}", report::targets_table(&report.targets));
+    let count = |verdict: fn(&report::Verdict) -> bool| {
+        report
+            .targets
+            .iter()
+            .filter(|t| verdict(&t.verdict))
+            .count()
+    };
+    println!(
+        "targets: {} passed, {} missed, {} not measured",
+        count(|v| *v == report::Verdict::Pass),
+        count(|v| *v == report::Verdict::Miss),
+        count(|v| matches!(v, report::Verdict::NotMeasured { .. })),
+    );
     let problems = report.problems();
     if problems.is_empty() {
-        println!("all measured targets passed");
         ExitCode::SUCCESS
     } else {
         for problem in &problems {
@@ -153,7 +167,7 @@ fn write_outputs(report: &Report, write_docs: bool) -> anyhow::Result<()> {
     let out = suite::output_dir();
     let json = serde_json::to_string_pretty(report)?;
     suite::write_file(&out.join("latest.json"), &json)?;
-    let title = format!("Nimbus latency distributions ({})", report.started_at);
+    let title = format!("Nimbus latency distributions ({} UTC)", report.started_at);
     let svg = chart::svg(&title, &report.outcomes);
     suite::write_file(&out.join("latest.svg"), &svg)?;
     eprintln!("wrote {}", out.join("latest.json").display());

@@ -347,7 +347,7 @@ impl Machine {
 pub struct Report {
     /// The command that produced it.
     pub command: String,
-    /// When it started (UTC, RFC 3339).
+    /// When it started (UTC, `YYYY-MM-DD HH:MM:SS`).
     pub started_at: String,
     /// How long it took, in seconds.
     pub duration_secs: f64,

@@ -161,6 +161,8 @@ pub struct Suite {
 const PYTHON_NOOP: &str = "noop-python";
 /// The name of the no-op Node.js function on the warm server.
 const NODE_NOOP: &str = "noop-node";
+/// How long the unmeasured scale-up before a multi-connection warm run lasts.
+const SCALE_UP: Duration = Duration::from_secs(2);
 /// How many functions the mixed run spreads over.
 const MIXED_FUNCTIONS: usize = 100;
 
@@ -441,8 +443,11 @@ impl Suite {
                     .map_err(|e| format!("first invocation failed: {}", e.reason())),
                 Err(error) => Err(unavailable(runtime, &error)),
             };
-            for dialect in [Dialect::Legacy, Dialect::Api3] {
-                for connections in [1, 16] {
+            for connections in [1, 16] {
+                if connections > 1 && ready.is_ok() {
+                    self.scale_up(&target, name, connections).await;
+                }
+                for dialect in [Dialect::Legacy, Dialect::Api3] {
                     let key = if dialect == Dialect::Legacy {
                         "legacy"
                     } else {
@@ -490,6 +495,23 @@ impl Suite {
         }
         check_alive(&server);
         Ok(())
+    }
+
+    /// Drives `connections` concurrent invocations, unmeasured, until the function has as
+    /// many instances as the load needs: the warm scenarios measure warm instances, not the
+    /// pool growing.
+    async fn scale_up(&self, target: &Target, name: &'static str, connections: usize) {
+        let target_for_requests = target.clone();
+        let make: MakeRequest = Arc::new(move || {
+            target_for_requests.invoke(Dialect::Api3, name, InvocationType::RequestResponse)
+        });
+        let plan = Plan {
+            connections,
+            warmup: Duration::ZERO,
+            round: SCALE_UP,
+            rounds: 1,
+        };
+        let _ = load::run(target.addr, make, Expect::Api3, plan).await;
     }
 
     async fn mixed(&mut self, server: &Server, client: &mut Client) {
@@ -883,14 +905,14 @@ async fn invoke_once(client: &mut Client, name: &str) -> Result<(), CallError> {
 async fn timed_invoke(target: &Target, name: &str) -> Result<f64, String> {
     let mut connection = Connection::open(target.addr)
         .await
-        .map_err(|e| load::error_chain(&e))?;
+        .map_err(|e| crate::api::error_chain(&e))?;
     let request = target.invoke(Dialect::Api3, name, InvocationType::RequestResponse);
     let started = Instant::now();
     let answer = tokio::time::timeout(Duration::from_secs(60), connection.send(request)).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     let (status, body) = answer
         .map_err(|_| "no answer within 60 s".to_owned())?
-        .map_err(|e| load::error_chain(&e))?;
+        .map_err(|e| crate::api::error_chain(&e))?;
     crate::api::check(Expect::Api3, status, &body)?;
     Ok(ms)
 }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
+use nimbus_engine::Isolation;
 use serde::Deserialize;
 
 /// The defaults, in one place (pinned by a test).
@@ -34,6 +35,10 @@ impl Defaults {
     pub const QUEUE_MAX_PENDING_PER_FUNCTION: u64 = 10_000;
     /// Pending async events in all.
     pub const QUEUE_MAX_PENDING: u64 = 100_000;
+    /// Every instance in the Linux sandbox; `none` only where namespaces are unavailable.
+    pub const ISOLATION: IsolationMode = IsolationMode::Sandbox;
+    /// Size of each instance's private `/tmp` (and its largest file), MiB.
+    pub const TMP_MB: u64 = 64;
 
     /// `$NIMBUS_DATA_DIR`, else `$XDG_DATA_HOME/nimbus`, else `~/.local/share/nimbus`.
     pub fn data_dir() -> PathBuf {
@@ -45,6 +50,26 @@ impl Defaults {
         }
         let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
         home.join(".local/share/nimbus")
+    }
+}
+
+/// How function instances are isolated: `--isolation`, `[engine] isolation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum IsolationMode {
+    /// Each instance in its own namespaces, read-only root, uid, rlimits and seccomp filter.
+    Sandbox,
+    /// No sandbox: functions run as the server's user and see what it sees. Only for hosts
+    /// without namespaces; the server warns at start-up.
+    None,
+}
+
+impl From<IsolationMode> for Isolation {
+    fn from(mode: IsolationMode) -> Isolation {
+        match mode {
+            IsolationMode::Sandbox => Isolation::Sandbox,
+            IsolationMode::None => Isolation::None,
+        }
     }
 }
 
@@ -107,6 +132,10 @@ pub struct FileEngine {
     pub concurrency: Option<u32>,
     /// Per-invocation log cap in bytes.
     pub log_limit_bytes: Option<usize>,
+    /// `sandbox` or `none`.
+    pub isolation: Option<IsolationMode>,
+    /// Size of each instance's `/tmp`, MiB.
+    pub tmp_mb: Option<u64>,
 }
 
 /// The resolved configuration of `nimbus serve`.
@@ -139,6 +168,10 @@ pub struct ServeConfig {
     pub queue_max_pending_per_function: u64,
     /// Pending async events in all.
     pub queue_max_pending: u64,
+    /// How function instances are isolated.
+    pub isolation: IsolationMode,
+    /// Size of each instance's `/tmp`, MiB.
+    pub tmp_mb: u64,
 }
 
 /// Reads the TOML file.
@@ -151,7 +184,8 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
     toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
-/// Merges flags, environment (`NIMBUS_SECRET_ID`/`NIMBUS_SECRET_KEY`), file and defaults.
+/// Merges flags, environment (`NIMBUS_SECRET_ID`/`NIMBUS_SECRET_KEY`; `NIMBUS_ISOLATION`
+/// arrives with the flag), file and defaults.
 ///
 /// # Errors
 /// When a value is invalid (an address that does not parse, half a credential pair, a zero
@@ -159,6 +193,7 @@ pub fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
 pub fn resolve(
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    isolation: Option<IsolationMode>,
     file: FileConfig,
     env_credential: (Option<String>, Option<String>),
 ) -> anyhow::Result<ServeConfig> {
@@ -203,6 +238,10 @@ pub fn resolve(
         .queue
         .max_pending
         .unwrap_or(Defaults::QUEUE_MAX_PENDING);
+    let tmp_mb = file.engine.tmp_mb.unwrap_or(Defaults::TMP_MB);
+    if tmp_mb == 0 {
+        bail!("engine.tmp_mb must be at least 1");
+    }
     if queue_workers == 0 || queue_max_pending_per_function == 0 || queue_max_pending == 0 {
         bail!(
             "queue.workers, queue.max_pending_per_function and queue.max_pending must be at least 1"
@@ -236,6 +275,10 @@ pub fn resolve(
         queue_workers,
         queue_max_pending_per_function,
         queue_max_pending,
+        isolation: isolation
+            .or(file.engine.isolation)
+            .unwrap_or(Defaults::ISOLATION),
+        tmp_mb,
     })
 }
 
@@ -245,8 +288,14 @@ mod tests {
 
     #[test]
     fn pins_the_defaults() {
-        let config = resolve(None, Some("/d".into()), FileConfig::default(), (None, None))
-            .expect("defaults are valid");
+        let config = resolve(
+            None,
+            Some("/d".into()),
+            None,
+            FileConfig::default(),
+            (None, None),
+        )
+        .expect("defaults are valid");
         assert_eq!(config.listen.to_string(), "127.0.0.1:9000");
         assert_eq!(config.region, "ap-guangzhou");
         assert_eq!(config.python, "python3");
@@ -265,6 +314,26 @@ mod tests {
             (10_000, 100_000)
         );
         assert!(config.credentials.is_empty());
+        assert_eq!(
+            (config.isolation, config.tmp_mb),
+            (IsolationMode::Sandbox, 64)
+        );
+    }
+
+    #[test]
+    fn isolation_comes_from_flag_then_file() {
+        let file: FileConfig =
+            toml::from_str("[engine]\nisolation = \"none\"\ntmp_mb = 16\n").expect("valid toml");
+        let config = resolve(None, None, None, file, (None, None)).expect("valid");
+        assert_eq!((config.isolation, config.tmp_mb), (IsolationMode::None, 16));
+        let file: FileConfig =
+            toml::from_str("[engine]\nisolation = \"none\"\n").expect("valid toml");
+        let flag = Some(IsolationMode::Sandbox);
+        let config = resolve(None, None, flag, file, (None, None)).expect("valid");
+        assert_eq!(config.isolation, IsolationMode::Sandbox);
+        assert!(toml::from_str::<FileConfig>("[engine]\nisolation = \"off\"").is_err());
+        let zero: FileConfig = toml::from_str("[engine]\ntmp_mb = 0").expect("valid toml");
+        assert!(resolve(None, None, None, zero, (None, None)).is_err());
     }
 
     #[test]
@@ -275,6 +344,7 @@ mod tests {
         .expect("valid toml");
         let config = resolve(
             Some("127.0.0.1:2".into()),
+            None,
             None,
             file,
             (Some("env-id".into()), Some("env-key".into())),
@@ -291,10 +361,17 @@ mod tests {
     fn refuses_unknown_keys_and_half_credentials() {
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
         assert!(toml::from_str::<FileConfig>("[engine]\npyton = \"x\"").is_err());
-        let half = resolve(None, None, FileConfig::default(), (Some("id".into()), None));
+        let half = resolve(
+            None,
+            None,
+            None,
+            FileConfig::default(),
+            (Some("id".into()), None),
+        );
         assert!(half.is_err());
         let bad = resolve(
             Some("nowhere".into()),
+            None,
             None,
             FileConfig::default(),
             (None, None),

@@ -30,6 +30,11 @@ enum Command {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// How function instances are isolated: `sandbox` (namespaces, a read-only root, a uid
+        /// per function, rlimits, seccomp; needs root) or `none` (functions run as the server's
+        /// user and can read its files; only for hosts without namespaces) [default: sandbox].
+        #[arg(long, value_enum, env = "NIMBUS_ISOLATION")]
+        isolation: Option<config::IsolationMode>,
     },
     /// Package a folder and create or update a function from it.
     Deploy {
@@ -150,7 +155,11 @@ fn main() -> ExitCode {
 
 fn run(command: Command, connection: &Connection) -> anyhow::Result<bool> {
     match command {
-        Command::Serve { listen, config } => {
+        Command::Serve {
+            listen,
+            config,
+            isolation,
+        } => {
             let data_dir = connection.data_dir.clone();
             init_logging();
             let file = match config {
@@ -161,7 +170,7 @@ fn run(command: Command, connection: &Connection) -> anyhow::Result<bool> {
                 std::env::var("NIMBUS_SECRET_ID").ok(),
                 std::env::var("NIMBUS_SECRET_KEY").ok(),
             );
-            let config = config::resolve(listen, data_dir, file, env_credential)?;
+            let config = config::resolve(listen, data_dir, isolation, file, env_credential)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use nimbus_api::{AccountLimits, ApiState, AsyncRunner, Authenticator, Credential, Platform};
 use nimbus_control::{CodeStore, Control, RuntimeFamily};
-use nimbus_engine::{Engine, EngineConfig};
+use nimbus_engine::{Engine, EngineConfig, Isolation, MemoryEnforcement};
 use nimbus_queue::{Queue, QueueConfig};
 use nimbus_store::Store;
 use rand::Rng as _;
@@ -56,6 +56,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.default_concurrency = config.concurrency;
     engine_config.log_limit_bytes = config.log_limit_bytes;
     engine_config.memory_budget_mb = config.memory_budget_mb;
+    engine_config.sandbox.isolation = config.isolation.into();
+    engine_config.tmp_bytes = config.tmp_mb.saturating_mul(1024 * 1024);
     let mut runtimes = vec![RuntimeFamily::Python3];
     match nimbus_engine::resolve_node(&config.node).await {
         Ok(node) => {
@@ -68,6 +70,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         }
     }
     let engine = Arc::new(Engine::new(engine_config).context("cannot start the engine")?);
+    log_isolation(&engine);
     tracing::info!(python = %python.display(), "python runtime ready");
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -130,6 +133,34 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     platform.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// States how functions are isolated and how their memory is bounded; warns loudly without a
+/// sandbox.
+fn log_isolation(engine: &Engine) {
+    let memory = match engine.memory_enforcement() {
+        MemoryEnforcement::Cgroup => "cgroup v2 memory.max",
+        MemoryEnforcement::Watchdog => "RLIMIT_DATA and a resident-memory watchdog",
+    };
+    let capabilities = engine.capabilities();
+    match engine.isolation() {
+        Isolation::Sandbox => tracing::info!(
+            isolation = "sandbox",
+            memory,
+            %capabilities,
+            "functions run sandboxed: own namespaces, read-only root with the code at \
+             /var/user, a uid per function, no network unless enabled, rlimits, seccomp"
+        ),
+        Isolation::None => tracing::warn!(
+            isolation = "none",
+            memory,
+            %capabilities,
+            "FUNCTIONS ARE NOT ISOLATED (--isolation none): they run as the server's own user \
+             in its namespaces and can read the database, the credentials file and every \
+             function's code, signal the server and use its network; use this only on hosts \
+             without namespaces"
+        ),
+    }
 }
 
 /// Creates the data directory and checks that it is writable.

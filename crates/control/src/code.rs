@@ -105,6 +105,40 @@ pub fn check_package(bytes: &[u8], required_file: &str) -> Result<(), ControlErr
     Ok(())
 }
 
+/// Checks that a `CustomRuntime` package holds an executable `file` (its `bootstrap`) at its
+/// root. The owner's execute bit is what counts: unpacking keeps it (see [`CodeStore::put`]).
+///
+/// # Errors
+/// `InvalidParameterValue.ZipFile` for an unreadable archive, `InvalidParameterValue.Handler`
+/// when the file is missing and `InvalidParameterValue.Code` when it is not executable.
+pub fn check_executable(bytes: &[u8], file: &str) -> Result<(), ControlError> {
+    let mut archive = open_archive(bytes)?;
+    let mut found = None;
+    for index in 0..archive.len() {
+        let entry = archive.by_index_raw(index).map_err(bad_zip)?;
+        if !entry.is_dir() && safe_path(entry.name())? == Path::new(file) {
+            found = Some(entry.unix_mode());
+        }
+    }
+    match found {
+        None => Err(invalid(
+            "InvalidParameterValue.Handler",
+            format!(
+                "a CustomRuntime code package must hold an executable file named {file} at its \
+                 root; none was found"
+            ),
+        )),
+        Some(mode) if mode.is_some_and(|m| m & 0o100 != 0) => Ok(()),
+        Some(_) => Err(invalid(
+            "InvalidParameterValue.Code",
+            format!(
+                "{file} in the code package is not executable: set its mode before zipping \
+                 (chmod 755 {file}) with a zip tool that keeps Unix permissions"
+            ),
+        )),
+    }
+}
+
 fn open_archive(bytes: &[u8]) -> Result<zip::ZipArchive<Cursor<&[u8]>>, ControlError> {
     zip::ZipArchive::new(Cursor::new(bytes)).map_err(bad_zip)
 }
@@ -336,6 +370,39 @@ mod tests {
         let nested = zip_of(&[("sub/index.py", "")]);
         assert!(check_package(&nested, "index.py").is_err());
         assert!(check_package(&nested, "sub/index.py").is_ok());
+    }
+
+    fn zip_with_mode(name: &str, mode: Option<u32>) -> Vec<u8> {
+        let mut writer = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let mut options = zip::write::SimpleFileOptions::default();
+        if let Some(mode) = mode {
+            options = options.unix_permissions(mode);
+        }
+        writer.start_file(name, options).expect("start");
+        writer.write_all(b"#!/bin/sh\n").expect("write");
+        writer.finish().expect("finish").into_inner()
+    }
+
+    #[test]
+    fn custom_runtime_needs_an_executable_bootstrap_that_stays_executable() {
+        let good = zip_with_mode("bootstrap", Some(0o755));
+        check_executable(&good, "bootstrap").expect("executable");
+        let plain = zip_with_mode("bootstrap", Some(0o644));
+        let error = check_executable(&plain, "bootstrap").expect_err("not executable");
+        assert_eq!(code_of(error), "InvalidParameterValue.Code");
+        let no_mode = zip_with_mode("bootstrap", None);
+        assert!(check_executable(&no_mode, "bootstrap").is_err());
+        let elsewhere = zip_with_mode("bin/bootstrap", Some(0o755));
+        let error = check_executable(&elsewhere, "bootstrap").expect_err("not at root");
+        assert_eq!(code_of(error), "InvalidParameterValue.Handler");
+
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = CodeStore::open(dir.path().join("code")).expect("open");
+        let sha = package_hash(&good);
+        store.put(&sha, &good).expect("put");
+        let meta = std::fs::metadata(store.code_dir(&sha).join("bootstrap")).expect("unpacked");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755);
     }
 
     #[test]

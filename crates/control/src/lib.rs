@@ -169,7 +169,7 @@ impl Control {
 
         let _guard = self.code_lock.lock().await;
         let (code_sha256, code_size) = self
-            .store_package(code, handler_file, limits.max_code_bytes)
+            .store_package(code, handler_file, family, limits.max_code_bytes)
             .await?;
         let now = nimbus_store::now_ms();
         let record = FunctionRecord {
@@ -246,10 +246,10 @@ impl Control {
         match settings.code {
             Some(code) => {
                 (next.code_sha256, next.code_size) = self
-                    .store_package(code, handler_file, limits.max_code_bytes)
+                    .store_package(code, handler_file, family, limits.max_code_bytes)
                     .await?;
             }
-            None => self.check_stored_handler(&current.code_sha256, &handler_file)?,
+            None => self.check_stored_handler(&current.code_sha256, &handler_file, family)?,
         }
         next.revision = current.revision + 1;
         next.mod_time = nimbus_store::now_ms();
@@ -439,11 +439,15 @@ impl Control {
         &self,
         code: String,
         handler_file: String,
+        family: RuntimeFamily,
         max_bytes: usize,
     ) -> Result<(String, u64), ControlError> {
         let store = self.code.clone();
         tokio::task::spawn_blocking(move || {
             let bytes = code::decode_package(&code, max_bytes)?;
+            if family == RuntimeFamily::Custom {
+                code::check_executable(&bytes, &handler_file)?;
+            }
             code::check_package(&bytes, &handler_file)?;
             let sha = code::package_hash(&bytes);
             store.put(&sha, &bytes)?;
@@ -453,13 +457,27 @@ impl Control {
         .map_err(|_| ControlError::Io(std::io::Error::other("package task failed")))?
     }
 
-    fn check_stored_handler(&self, sha256: &str, handler_file: &str) -> Result<(), ControlError> {
-        if self.code.code_dir(sha256).join(handler_file).is_file() {
+    fn check_stored_handler(
+        &self,
+        sha256: &str,
+        handler_file: &str,
+        family: RuntimeFamily,
+    ) -> Result<(), ControlError> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.code.code_dir(sha256).join(handler_file);
+        let executable =
+            || std::fs::metadata(&path).is_ok_and(|meta| meta.permissions().mode() & 0o100 != 0);
+        if path.is_file() && (family != RuntimeFamily::Custom || executable()) {
             Ok(())
         } else {
             Err(ControlError::Invalid {
                 code: "InvalidParameterValue.Handler",
-                message: format!("the handler file {handler_file} is not in the code package"),
+                message: match family {
+                    RuntimeFamily::Custom => {
+                        format!("the code package holds no executable {handler_file} at its root")
+                    }
+                    _ => format!("the handler file {handler_file} is not in the code package"),
+                },
             })
         }
     }

@@ -112,17 +112,32 @@ pub enum RuntimeFamily {
     Python3,
     /// `Nodejs<major>.<minor>`
     Nodejs,
+    /// `CustomRuntime`: the package's own executable [`CUSTOM_BOOTSTRAP_FILE`], any language.
+    Custom,
 }
 
 impl RuntimeFamily {
-    /// Extension of the handler file, dot included.
+    /// Extension of the handler file, dot included; empty for [`RuntimeFamily::Custom`],
+    /// whose entry point is always [`CUSTOM_BOOTSTRAP_FILE`].
     pub fn handler_extension(self) -> &'static str {
         match self {
             RuntimeFamily::Python3 => ".py",
             RuntimeFamily::Nodejs => ".js",
+            RuntimeFamily::Custom => "",
         }
     }
+
+    /// Whether the family runs on an interpreter the node may lack; a custom runtime brings
+    /// its own program.
+    pub fn needs_interpreter(self) -> bool {
+        self != RuntimeFamily::Custom
+    }
 }
+
+/// The executable a `CustomRuntime` package must hold at its root.
+pub const CUSTOM_BOOTSTRAP_FILE: &str = "bootstrap";
+/// Longest handler string of a custom runtime, in characters.
+pub const MAX_CUSTOM_HANDLER_CHARS: usize = 60;
 
 /// SCF runtime names Nimbus serves, and the family each maps to. Every Python 3 name runs on
 /// the host's one Python 3 interpreter, every Node.js name on the host's `node`.
@@ -138,6 +153,7 @@ const SERVED_RUNTIMES: &[(&str, RuntimeFamily)] = &[
     ("Nodejs16.13", RuntimeFamily::Nodejs),
     ("Nodejs18.15", RuntimeFamily::Nodejs),
     ("Nodejs20.x", RuntimeFamily::Nodejs),
+    ("CustomRuntime", RuntimeFamily::Custom),
 ];
 
 /// SCF runtime names that exist in the cloud but that this node cannot serve (yet).
@@ -152,7 +168,6 @@ const KNOWN_UNSERVED: &[&str] = &[
     "Php8.0",
     "Go1",
     "Java8",
-    "CustomRuntime",
 ];
 
 fn invalid(code: &'static str, message: impl Into<String>) -> ControlError {
@@ -213,7 +228,8 @@ pub fn runtime_family(runtime: &str) -> Result<RuntimeFamily, ControlError> {
     runtime_family_among(runtime, &[RuntimeFamily::Python3, RuntimeFamily::Nodejs])
 }
 
-/// Maps an SCF runtime name to its family, if that family is `available` on this node.
+/// Maps an SCF runtime name to its family, if that family is `available` on this node (a
+/// family that needs no interpreter always is).
 ///
 /// # Errors
 /// `InvalidParameterValue.Runtime`, saying whether the name is unknown, known but not served
@@ -222,13 +238,14 @@ pub fn runtime_family_among(
     runtime: &str,
     available: &[RuntimeFamily],
 ) -> Result<RuntimeFamily, ControlError> {
+    let usable = |family: &RuntimeFamily| !family.needs_interpreter() || available.contains(family);
     let served: Vec<&str> = SERVED_RUNTIMES
         .iter()
-        .filter(|(_, family)| available.contains(family))
+        .filter(|(_, family)| usable(family))
         .map(|(name, _)| *name)
         .collect();
     if let Some((_, family)) = SERVED_RUNTIMES.iter().find(|(name, _)| *name == runtime) {
-        if available.contains(family) {
+        if usable(family) {
             return Ok(*family);
         }
         return Err(invalid(
@@ -255,11 +272,16 @@ pub fn runtime_family_among(
 }
 
 /// Checks a handler `file.function` and returns the path of its file inside the code package
-/// (`index.main_handler` with Python → `index.py`).
+/// (`index.main_handler` with Python → `index.py`). A custom runtime's handler is free-form
+/// (1-60 characters, passed to its program as `_HANDLER`) and its file is always
+/// [`CUSTOM_BOOTSTRAP_FILE`].
 ///
 /// # Errors
 /// `InvalidParameterValue.Handler`.
 pub fn handler_file(handler: &str, family: RuntimeFamily) -> Result<String, ControlError> {
+    if family == RuntimeFamily::Custom {
+        return custom_handler(handler);
+    }
     let bad = || {
         invalid(
             "InvalidParameterValue.Handler",
@@ -288,6 +310,21 @@ pub fn handler_file(handler: &str, family: RuntimeFamily) -> Result<String, Cont
         Ok(format!("{file}{}", family.handler_extension()))
     } else {
         Err(bad())
+    }
+}
+
+fn custom_handler(handler: &str) -> Result<String, ControlError> {
+    let length = handler.chars().count();
+    if (1..=MAX_CUSTOM_HANDLER_CHARS).contains(&length) && !handler.chars().any(char::is_control) {
+        Ok(CUSTOM_BOOTSTRAP_FILE.to_owned())
+    } else {
+        Err(invalid(
+            "InvalidParameterValue.Handler",
+            format!(
+                "handler {handler:?} is invalid: a CustomRuntime handler is any text of 1-\
+                 {MAX_CUSTOM_HANDLER_CHARS} characters without control characters"
+            ),
+        ))
     }
 }
 
@@ -436,6 +473,27 @@ mod tests {
             "a b.main",
         ] {
             assert!(handler_file(bad, py).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn custom_runtime_takes_free_form_handler_and_needs_no_interpreter() {
+        let family = runtime_family_among("CustomRuntime", &[]).expect("always served");
+        assert_eq!(family, RuntimeFamily::Custom);
+        for good in [
+            "index.main_handler",
+            "x",
+            "any handler at all",
+            &"h".repeat(60),
+        ] {
+            assert_eq!(
+                handler_file(good, family).expect(good),
+                CUSTOM_BOOTSTRAP_FILE
+            );
+        }
+        for bad in ["", "a\nb", &"h".repeat(61)] {
+            let error = handler_file(bad, family).expect_err(bad);
+            assert_eq!(code_of(error), "InvalidParameterValue.Handler");
         }
     }
 

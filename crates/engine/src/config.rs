@@ -1,8 +1,25 @@
 //! Engine configuration, its defaults, and finding the real Python and Node.js interpreters.
+//!
+//! # Instance limits
+//!
+//! Every limit an instance gets, in one place (the sandbox applies them; see `isolation.rs`):
+//!
+//! | limit | default | how |
+//! |---|---|---|
+//! | memory | the function's `memory_mb` | cgroup `memory.max` where delegated, else `RLIMIT_DATA` (`memory_mb` + runtime headroom, see `memory.rs`) and a watchdog on resident memory |
+//! | processes and threads | [`DEFAULT_MAX_PROCESSES`] per instance | `RLIMIT_NPROC` = that × [`EngineConfig::default_concurrency`], since all instances of a function share its uid; an instance found above its share after an invocation is reported in the log and stopped |
+//! | open files | [`DEFAULT_MAX_OPEN_FILES`] per process | `RLIMIT_NOFILE` |
+//! | `/tmp` | [`DEFAULT_TMP_BYTES`] per instance | size of its private tmpfs |
+//! | file size | the `/tmp` size | `RLIMIT_FSIZE` |
+//! | CPU time | init timeout + timeout + [`CPU_BACKSTOP_MARGIN`] per process | `RLIMIT_CPU`, a backstop behind the engine's own timeout; an instance whose runtime gets near it is recycled after its invocation |
+//! | core dumps | none | `RLIMIT_CORE` = 0 |
+//! | network | off (loopback only) | a network namespace of its own; [`crate::FunctionSpec::network`] turns host network on |
 
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
+
+use nimbus_sandbox::SandboxConfig;
 
 use crate::EngineError;
 
@@ -18,6 +35,16 @@ pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 4096;
 /// `InitTimeout`. The engine does not use it itself; it is the value callers put into
 /// [`crate::FunctionSpec::init_timeout`] when a function has none of its own.
 pub const DEFAULT_INIT_TIMEOUT: Duration = Duration::from_secs(65);
+/// Size of each instance's private `/tmp`: 64 MiB.
+pub const DEFAULT_TMP_BYTES: u64 = 64 * 1024 * 1024;
+/// Processes and threads one instance may run: 64 (see the table in the module header).
+pub const DEFAULT_MAX_PROCESSES: u64 = 64;
+/// Open files per process: 1024.
+pub const DEFAULT_MAX_OPEN_FILES: u64 = 1024;
+/// What the CPU-time backstop allows beyond a function's init timeout and timeout: 10 minutes.
+/// `RLIMIT_CPU` counts a process's whole life, so a warm instance uses it up over many
+/// invocations; the engine recycles it before it gets there.
+pub const CPU_BACKSTOP_MARGIN: Duration = Duration::from_secs(10 * 60);
 
 /// Settings of one engine. Build it with [`EngineConfig::new`], then adjust fields.
 #[derive(Debug, Clone)]
@@ -46,6 +73,18 @@ pub struct EngineConfig {
     pub app_id: String,
     /// `tencentcloud_uin` shown to handlers (context and `TENCENTCLOUD_UIN`). Default empty.
     pub uin: String,
+    /// How instances are isolated: `sandbox.isolation` is [`nimbus_sandbox::Isolation::Sandbox`]
+    /// by default (namespaces, a private root, a uid per function, seccomp, rlimits), or
+    /// [`nimbus_sandbox::Isolation::None`] for hosts without namespaces. Also the uid range
+    /// functions run as and whether cgroups are used. Default [`SandboxConfig::default`].
+    pub sandbox: SandboxConfig,
+    /// Size of each instance's private `/tmp` in bytes, also its largest file. Default
+    /// [`DEFAULT_TMP_BYTES`].
+    pub tmp_bytes: u64,
+    /// Processes and threads one instance may run. Default [`DEFAULT_MAX_PROCESSES`].
+    pub max_processes: u64,
+    /// Open files per process. Default [`DEFAULT_MAX_OPEN_FILES`].
+    pub max_open_files: u64,
 }
 
 impl EngineConfig {
@@ -61,6 +100,10 @@ impl EngineConfig {
             memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
             app_id: String::new(),
             uin: String::new(),
+            sandbox: SandboxConfig::default(),
+            tmp_bytes: DEFAULT_TMP_BYTES,
+            max_processes: DEFAULT_MAX_PROCESSES,
+            max_open_files: DEFAULT_MAX_OPEN_FILES,
         }
     }
 
@@ -73,6 +116,16 @@ impl EngineConfig {
         if self.memory_budget_mb == 0 {
             return Err(EngineError::InvalidConfig {
                 reason: "memory_budget_mb must be at least 1",
+            });
+        }
+        if self.tmp_bytes < 1024 * 1024 {
+            return Err(EngineError::InvalidConfig {
+                reason: "tmp_bytes must be at least 1 MiB",
+            });
+        }
+        if self.max_processes == 0 || self.max_open_files < 16 {
+            return Err(EngineError::InvalidConfig {
+                reason: "max_processes must be at least 1 and max_open_files at least 16",
             });
         }
         Ok(())
@@ -179,6 +232,21 @@ mod tests {
         assert_eq!(config.node, None);
         assert_eq!(DEFAULT_INIT_TIMEOUT, Duration::from_secs(65));
         assert!(config.app_id.is_empty() && config.uin.is_empty());
+        assert_eq!(config.sandbox, SandboxConfig::default());
+        assert_eq!(config.sandbox.isolation, nimbus_sandbox::Isolation::Sandbox);
+        assert_eq!(config.tmp_bytes, 64 << 20);
+        assert_eq!((config.max_processes, config.max_open_files), (64, 1024));
+        assert_eq!(CPU_BACKSTOP_MARGIN, Duration::from_secs(600));
+    }
+
+    #[test]
+    fn rejects_tiny_tmp_and_process_limits() {
+        let mut config = EngineConfig::new("/usr/bin/python3", "/tmp/rt");
+        config.tmp_bytes = 4096;
+        assert!(config.validate().is_err());
+        let mut config = EngineConfig::new("/usr/bin/python3", "/tmp/rt");
+        config.max_processes = 0;
+        assert!(config.validate().is_err());
     }
 
     #[test]

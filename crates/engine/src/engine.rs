@@ -30,16 +30,19 @@
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
+use nimbus_sandbox::{Capabilities, Isolation, MemoryEnforcement};
 use tokio::runtime::Handle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
-use crate::instance::{Instance, Invocation, Limits, Run, RunEnd};
+use crate::instance::{Aftermath, Instance, Invocation, Limits, Run, RunEnd};
+use crate::isolation::Isolator;
 use crate::log::{self, Body, Report};
 use crate::memory;
 use crate::pool::{Admission, Demand, FunctionKey, Pools, Tag, Ticket};
 use crate::protocol::{self, EventFrame, Reply};
 use crate::runtime::{self, Shims};
+use crate::runtime_api;
 use crate::sandbox::{self, Spawner};
 use crate::{
     EngineConfig, EngineError, FunctionSpec, InvocationOutcome, InvocationRequest,
@@ -56,29 +59,35 @@ pub struct Engine {
 struct Inner {
     config: EngineConfig,
     shims: Shims,
+    isolator: Isolator,
     spawner: Spawner,
     pools: Mutex<Pools<Instance>>,
 }
 
 impl Engine {
-    /// Writes the runtime shims into [`EngineConfig::runtime_dir`], starts the thread that
-    /// spawns instances and the task that stops idle ones.
+    /// Writes the runtime shims into [`EngineConfig::runtime_dir`], sets up the sandbox
+    /// ([`EngineConfig::sandbox`]), starts the thread that spawns instances and the task that
+    /// stops idle ones.
     ///
     /// # Errors
     ///
     /// [`EngineError::InvalidConfig`] for a bad setting, [`EngineError::NoRuntime`] outside a
     /// tokio runtime, [`EngineError::CreateRuntimeDir`] or [`EngineError::WriteShim`] if the
-    /// shims cannot be written, [`EngineError::StartSpawner`] if no thread can be started.
+    /// shims cannot be written, [`EngineError::SetUpSandbox`] if the sandbox is asked for and
+    /// this host cannot provide it (the error's source says what is missing),
+    /// [`EngineError::StartSpawner`] if no thread can be started.
     pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
         config.validate()?;
         let runtime = Handle::try_current().map_err(|_| EngineError::NoRuntime)?;
         let shims = Shims::install(&config.runtime_dir)?;
+        let isolator = Isolator::new(&config, shims.dir())?;
         let spawner = Spawner::start(runtime.clone())?;
         let period = reaper_period(config.keep_alive);
         let pools = Pools::with_budget(config.memory_budget_mb);
         let inner = Arc::new(Inner {
             config,
             shims,
+            isolator,
             spawner,
             pools: Mutex::new(pools),
         });
@@ -138,6 +147,21 @@ impl Engine {
         // The sender lives in the pools this engine holds, so waiting cannot fail.
         let _ = leases.wait_for(|open| *open == 0).await;
         tracing::debug!("engine shut down");
+    }
+
+    /// Whether instances run in the sandbox ([`EngineConfig::sandbox`]).
+    pub fn isolation(&self) -> Isolation {
+        self.inner.isolator.isolation()
+    }
+
+    /// What the host offered the sandbox when the engine started (for the start-up log).
+    pub fn capabilities(&self) -> &Capabilities {
+        self.inner.isolator.capabilities()
+    }
+
+    /// How instances' memory is bounded: cgroup `memory.max`, or `RLIMIT_DATA` and a watchdog.
+    pub fn memory_enforcement(&self) -> MemoryEnforcement {
+        self.inner.isolator.memory_enforcement()
     }
 
     /// Instances alive right now (idle or running), all functions.
@@ -224,6 +248,7 @@ impl Inner {
         };
         let invocation = Invocation {
             request_id: &request.request_id,
+            event: &request.event,
             frame: &frame,
             timeout: spec.timeout,
             log_limit: self.config.log_limit_bytes,
@@ -257,17 +282,19 @@ impl Inner {
 
     async fn start(&self, spec: &FunctionSpec, request_id: &str) -> Result<Instance, EngineError> {
         let token = new_token().map_err(EngineError::SpawnInstance)?;
-        let launch = runtime::launch(&self.config, &self.shims, spec, &token)?;
+        let mut launch = runtime::launch(&self.config, &self.shims, spec, &token)?;
+        let api = runtime_api::open_for(&self.config, spec, &mut launch).await?;
         let limits = Limits {
             init_timeout: spec.init_timeout,
             memory_bytes: u64::from(spec.memory_mb) * 1024 * 1024,
             log_bytes: self.config.log_limit_bytes,
         };
         let started = Instant::now();
-        let instance = Instance::start(&self.spawner, &launch, token, limits).await?;
+        let sandbox = self.isolator.prepare(spec, &launch)?;
+        let instance = Instance::start(&self.spawner, &launch, token, limits, api, sandbox).await?;
         let init_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(
-            pid = instance.pid(),
+            pid = instance.process_group(),
             init_us,
             request_id,
             "instance started"
@@ -279,16 +306,17 @@ impl Inner {
         &self,
         spec: &FunctionSpec,
         request: &InvocationRequest,
-        lease: Lease,
+        mut lease: Lease,
         run: Run,
         cold_start: bool,
     ) -> InvocationOutcome {
-        let reusable = run.reusable();
+        let aftermath = lease.aftermath(spec.timeout);
+        let reusable = run.reusable() && !aftermath.stop;
         let (output, truncated) = run.log.finish();
         let mut body = Body {
             output,
             truncated,
-            notes: Vec::new(),
+            notes: aftermath.note.into_iter().collect(),
         };
         let request_id = request.request_id.as_str();
         let result = match run.end {
@@ -359,6 +387,13 @@ impl Inner {
                 scf::memory_message(spec.memory_mb),
             ),
             EngineError::RuntimeUnavailable { .. } => (scf::CONTAINER_INIT_ERROR, err.to_string()),
+            EngineError::InstanceInitFailed { message, .. } => {
+                (scf::CONTAINER_INIT_ERROR, scf::init_error_message(message))
+            }
+            EngineError::BootstrapMissing { .. } => (
+                scf::CONTAINER_INIT_ERROR,
+                scf::BOOTSTRAP_MISSING_MESSAGE.to_owned(),
+            ),
             _ => return self.platform_failure(spec, request, &err, true),
         };
         // The function's failure, not the platform's: no error line.
@@ -369,7 +404,8 @@ impl Inner {
         let output = match err {
             EngineError::InstanceExitedAtStart { output }
             | EngineError::InstanceInitTimedOut { output, .. }
-            | EngineError::InstanceMemoryExceededAtStart { output } => output,
+            | EngineError::InstanceMemoryExceededAtStart { output }
+            | EngineError::InstanceInitFailed { output, .. } => output,
             _ => String::new(),
         };
         let body = Body {
@@ -554,9 +590,20 @@ impl Lease {
     /// Takes `instance` and advertises its process group. `None` if the engine is shut down
     /// (the instance stays attached, for [`Lease::stop_instance`]).
     fn attach(&mut self, instance: Instance) -> Option<&mut Instance> {
-        let registered = self.inner.lock().register_busy(self.ticket, instance.pid());
+        let registered = self
+            .inner
+            .lock()
+            .register_busy(self.ticket, instance.process_group());
         let attached = self.instance.insert(instance);
         registered.then_some(attached)
+    }
+
+    /// What the attached instance's last invocation left behind (nothing without one).
+    fn aftermath(&mut self, timeout: Duration) -> Aftermath {
+        self.instance
+            .as_mut()
+            .map(|instance| instance.aftermath(timeout))
+            .unwrap_or_default()
     }
 
     /// Stops the attached instance, keeping the slot.

@@ -67,6 +67,27 @@ pub enum EngineError {
     /// The engine was created outside a tokio runtime.
     #[error("the engine must be created inside a tokio runtime")]
     NoRuntime,
+    /// The sandbox could not be set up (with `Isolation::Sandbox`: the host lacks namespaces
+    /// or seccomp, or the server is not root; the source names what is missing).
+    #[error("cannot set up the function sandbox")]
+    SetUpSandbox(#[source] nimbus_sandbox::SandboxError),
+    /// One instance's sandbox could not be prepared (its paths, ids or cgroup).
+    #[error("cannot prepare the sandbox of an instance")]
+    PrepareSandbox(#[source] nimbus_sandbox::SandboxError),
+    /// Every uid of the sandbox's range belongs to a function with live instances.
+    #[error("no free uid left in the sandbox's range of {count} ids")]
+    NoFreeUid {
+        /// Size of the range.
+        count: u32,
+    },
+    /// A function's code directory cannot be read by the uid the function runs as.
+    #[error("code directory {path} is not readable and searchable by others (mode {mode:o})")]
+    CodeNotReadable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// The runtime directory could not be created.
     #[error("cannot create runtime directory {path}")]
     CreateRuntimeDir {
@@ -112,6 +133,23 @@ pub enum EngineError {
         /// What the instance printed meanwhile (for the invocation's log).
         output: String,
     },
+    /// A custom runtime's program reported through `/runtime/init/error` that it cannot start.
+    #[error("the runtime reported an initialization error")]
+    InstanceInitFailed {
+        /// The error text it posted.
+        message: String,
+        /// What the instance printed meanwhile (for the invocation's log).
+        output: String,
+    },
+    /// A custom runtime's code package has no executable `bootstrap` at its root.
+    #[error("no executable bootstrap at {path}")]
+    BootstrapMissing {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The listener of a custom runtime's runtime API could not be opened.
+    #[error("cannot open the runtime API listener")]
+    OpenRuntimeApi(#[source] io::Error),
     /// The function's runtime cannot be served by this engine (e.g. no Node.js binary is
     /// configured).
     #[error("runtime {runtime} is not available on this node")]

@@ -14,6 +14,9 @@ pub enum Runtime {
     Python3,
     /// Node.js, through `runtimes/nodejs/bootstrap.js`; needs [`crate::EngineConfig::node`].
     Nodejs,
+    /// SCF's custom runtime (`CustomRuntime`): the code package's own executable `bootstrap`,
+    /// started as is, which talks to a per-instance HTTP runtime API instead of a shim.
+    Custom,
 }
 
 impl Runtime {
@@ -23,13 +26,18 @@ impl Runtime {
         match self {
             Runtime::Python3 => "Python3",
             Runtime::Nodejs => "Nodejs",
+            Runtime::Custom => "CustomRuntime",
         }
     }
 
     /// The runtime that serves an SCF runtime name such as `Python3.9` or `Nodejs18.15`: any
     /// `Python3.<minor>` or `Nodejs<major>.<minor>` maps to the host's interpreter of that
-    /// family. `None` for every other name (`Python2.7`, `Go1`, `CustomRuntime`, ...).
+    /// family; `CustomRuntime` maps to [`Runtime::Custom`]. `None` for every other name
+    /// (`Python2.7`, `Go1`, ...).
     pub fn from_scf_name(name: &str) -> Option<Runtime> {
+        if name == "CustomRuntime" {
+            return Some(Runtime::Custom);
+        }
         let version_of = |prefix: &str| {
             let version = name.strip_prefix(prefix)?;
             let (major, minor) = version.split_once('.')?;
@@ -57,10 +65,12 @@ pub struct FunctionSpec {
     pub revision: u64,
     /// Language runtime.
     pub runtime: Runtime,
-    /// Entry point, `file.function` (e.g. `index.main_handler`).
+    /// Entry point, `file.function` (e.g. `index.main_handler`); free-form for
+    /// [`Runtime::Custom`], whose `bootstrap` reads it from `_HANDLER`.
     pub handler: String,
-    /// Unpacked code; the handler's file sits at its root. Becomes the instance's working
-    /// directory.
+    /// Unpacked code; the handler's file sits at its root. Sandboxed, it is mounted read-only
+    /// at `/var/user`, which becomes the instance's working directory; it must be readable and
+    /// searchable by others (mode `o+rX`), since the function runs as a uid of its own.
     pub code_dir: PathBuf,
     /// Configured memory: the most one instance may use (see `memory.rs`), reported to the
     /// handler and in the log's `Report` line, and what the instance counts against the node's
@@ -75,6 +85,11 @@ pub struct FunctionSpec {
     pub environment: Vec<(String, String)>,
     /// Region name, e.g. `ap-guangzhou`.
     pub region: String,
+    /// Whether the function's instances share the host's network (egress, and the host's
+    /// loopback with it). `false`, the default callers should use, gives each instance a
+    /// network namespace of its own with only a loopback interface. Ignored with
+    /// `Isolation::None`.
+    pub network: bool,
 }
 
 /// One invocation to run.
@@ -154,7 +169,13 @@ mod tests {
                 "{name}"
             );
         }
+        assert_eq!(
+            Runtime::from_scf_name("CustomRuntime"),
+            Some(Runtime::Custom)
+        );
+        assert_eq!(Runtime::Custom.scf_name(), "CustomRuntime");
         for name in [
+            "customruntime",
             "Python2.7",
             "Python3",
             "Nodejs",

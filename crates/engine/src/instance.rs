@@ -17,9 +17,21 @@
 //! seen and that does not report running out of memory; anything else leaves it for the engine
 //! to stop.
 //!
+//! A custom runtime's instance has no shim: its `bootstrap` talks to a [`RuntimeApi`] instead
+//! of sending frames, and writes no log markers. `custom.rs` holds its variant of starting and
+//! running, and the rule that cuts its log.
+//!
 //! Killing never reaps: [`Instance::stop`] (or drop) does, after the engine has stopped
 //! advertising the process group for [`crate::Engine::shutdown`] to kill, so a group id is never
 //! signalled after its leader's pid could have been reused.
+//!
+//! Each instance lives in its sandbox ([`InstanceSandbox`], see `isolation.rs`). Sandboxed, the
+//! spawned process is the sandbox's waiter and leads the process group, while the runtime is
+//! its grandchild in a PID namespace of its own: the instance knows both pids, kills the group
+//! and reads the runtime's peak memory. After each invocation [`Instance::aftermath`] looks for
+//! a fork bomb (more processes than an instance may run) and for a runtime near its CPU-time
+//! backstop; either stops the instance. The sandbox is released (its cgroup emptied and
+//! removed, its uid given back) only after the waiter is reaped.
 
 use std::time::Duration;
 
@@ -29,10 +41,12 @@ use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
+use crate::isolation::InstanceSandbox;
 use crate::log::{LogCollector, end_marker};
 use crate::memory::{self, Sample, Watchdog};
 use crate::protocol::{FrameReader, Hello, Reply};
 use crate::runtime::Launch;
+use crate::runtime_api::RuntimeApi;
 use crate::sandbox::{self, Spawned, Spawner};
 use crate::{EngineError, scf};
 
@@ -42,10 +56,15 @@ const MARKER_GRACE: Duration = Duration::from_secs(2);
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+mod custom;
+
 /// A running instance process.
 #[derive(Debug)]
 pub(crate) struct Instance {
     child: Child,
+    /// The spawned process (the sandbox's waiter), leader of the process group.
+    group: u32,
+    /// The runtime's host pid: whose peak memory is read, and what logs name.
     pid: u32,
     control: UnixStream,
     frames: FrameReader,
@@ -57,6 +76,21 @@ pub(crate) struct Instance {
     boot_output: String,
     watchdog: Watchdog,
     reaped: bool,
+    /// A custom runtime's HTTP API; `None` for runtimes with a shim on `control`.
+    api: Option<RuntimeApi>,
+    /// `None` once released, after the instance was reaped.
+    sandbox: Option<InstanceSandbox>,
+    /// The fork-bomb report of the last invocation, taken by [`Instance::aftermath`].
+    process_report: Option<String>,
+}
+
+/// What an invocation left behind, besides its outcome.
+#[derive(Debug, Default)]
+pub(crate) struct Aftermath {
+    /// A line for the invocation's log.
+    pub(crate) note: Option<String>,
+    /// The instance must be stopped even if the invocation ended cleanly.
+    pub(crate) stop: bool,
 }
 
 /// What an instance may use.
@@ -74,6 +108,8 @@ pub(crate) struct Limits {
 #[derive(Debug)]
 pub(crate) struct Invocation<'a> {
     pub(crate) request_id: &'a str,
+    /// The event's JSON text (what a custom runtime's `next` returns).
+    pub(crate) event: &'a str,
     /// The encoded event frame.
     pub(crate) frame: &'a [u8],
     pub(crate) timeout: Duration,
@@ -124,7 +160,8 @@ enum Wait {
 }
 
 impl Instance {
-    /// Starts an instance and waits until its shim says it is ready.
+    /// Starts an instance and waits until its shim (or, with `api`, its custom runtime) says
+    /// it is ready.
     ///
     /// On failure the process is already stopped.
     pub(crate) async fn start(
@@ -132,19 +169,36 @@ impl Instance {
         launch: &Launch,
         token: String,
         limits: Limits,
+        api: Option<RuntimeApi>,
+        sandbox: InstanceSandbox,
     ) -> Result<Instance, EngineError> {
         let Spawned {
             child,
             control,
             log,
-        } = spawner.spawn(launch).await?;
-        let Some(pid) = child.id() else {
+        } = match spawner.spawn(launch, sandbox.plan()).await {
+            Ok(spawned) => spawned,
+            Err(err) => {
+                release(sandbox).await;
+                return Err(err);
+            }
+        };
+        let Some(group) = child.id() else {
+            release(sandbox).await;
             return Err(EngineError::InstanceExitedAtStart {
                 output: String::new(),
             });
         };
+        // `spawn` returns once the runtime has exec'ed, so it can be found now.
+        let pid = sandbox.runtime_pid(group).unwrap_or(group);
+        let watchdog = if sandbox.checks_memory() {
+            Watchdog::for_sandbox(sandbox.plan().clone(), group, limits.memory_bytes)
+        } else {
+            Watchdog::new(pid, limits.memory_bytes)
+        };
         let mut instance = Instance {
             child,
+            group,
             pid,
             control,
             frames: FrameReader::default(),
@@ -153,13 +207,22 @@ impl Instance {
             scratch: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
             token,
             boot_output: String::new(),
-            watchdog: Watchdog::new(pid, limits.memory_bytes),
+            watchdog,
             reaped: false,
+            api,
+            sandbox: Some(sandbox),
+            process_report: None,
         };
-        match instance
-            .await_ready(limits.init_timeout, limits.log_bytes)
-            .await
-        {
+        let ready = if instance.api.is_some() {
+            instance
+                .await_runtime_ready(limits.init_timeout, limits.log_bytes)
+                .await
+        } else {
+            instance
+                .await_ready(limits.init_timeout, limits.log_bytes)
+                .await
+        };
+        match ready {
             Ok(()) => Ok(instance),
             Err(err) => {
                 instance.stop().await;
@@ -205,14 +268,48 @@ impl Instance {
         }
     }
 
-    /// The process id, which is also the process group id.
-    pub(crate) fn pid(&self) -> u32 {
-        self.pid
+    /// The process group id: the spawned process's pid (sandboxed, the waiter's; killing it
+    /// kills the whole instance).
+    pub(crate) fn process_group(&self) -> u32 {
+        self.group
+    }
+
+    /// What the last invocation left behind: a fork bomb (reported once, in a line for its
+    /// log) and whether the instance must be stopped, for that or because its runtime is near
+    /// its CPU-time backstop (`timeout` is the function's).
+    pub(crate) fn aftermath(&mut self, timeout: Duration) -> Aftermath {
+        self.inspect_processes();
+        let note = self.process_report.take();
+        let worn_out = !self.reaped
+            && self
+                .sandbox
+                .as_ref()
+                .is_some_and(|sandbox| sandbox.cpu_nearly_spent(self.pid, timeout));
+        if worn_out {
+            tracing::debug!(pid = self.pid, "runtime near its CPU-time limit, recycling");
+        }
+        Aftermath {
+            stop: note.is_some() || worn_out,
+            note,
+        }
+    }
+
+    /// Counts the instance's processes once per invocation, while they still run.
+    fn inspect_processes(&mut self) {
+        if self.process_report.is_some() || self.reaped {
+            return;
+        }
+        if let Some(sandbox) = &self.sandbox {
+            self.process_report = sandbox.process_report(self.group);
+        }
     }
 
     /// Runs one invocation. Never leaves the instance half-way through a protocol exchange: if
     /// it cannot finish cleanly it kills the process group (the caller then stops it).
     pub(crate) async fn run(&mut self, invocation: &Invocation<'_>) -> Run {
+        if self.api.is_some() {
+            return self.run_custom(invocation).await;
+        }
         let marker = end_marker(&self.token, invocation.request_id);
         let mut log = LogCollector::new(marker, invocation.log_limit);
         log.push(std::mem::take(&mut self.boot_output).as_bytes());
@@ -292,6 +389,8 @@ impl Instance {
         mem_usage_bytes: u64,
     ) -> Run {
         let duration = started.elapsed();
+        // Before the kill, while a fork bomb's processes can still be counted.
+        self.inspect_processes();
         self.kill();
         self.drain_log(&mut log).await;
         Run {
@@ -399,26 +498,46 @@ impl Instance {
 
     fn kill(&self) {
         if !self.reaped {
-            sandbox::kill_group(self.pid);
+            sandbox::kill_group(self.group);
         }
     }
 
-    /// Kills the process group and reaps the instance's process.
+    /// Kills the process group, reaps the instance's process and releases its sandbox.
     pub(crate) async fn stop(mut self) {
         self.kill();
         if let Err(err) = self.child.wait().await {
             tracing::warn!(pid = self.pid, %err, "cannot reap instance");
         }
         self.reaped = true;
+        if let Some(sandbox) = self.sandbox.take() {
+            release(sandbox).await;
+        }
         tracing::debug!(pid = self.pid, "instance stopped");
     }
 }
 
 impl Drop for Instance {
     fn drop(&mut self) {
-        // `kill_on_drop` ends the main process and tokio reaps it in the background; this also
-        // ends whatever the handler started in the group.
+        // `kill_on_drop` ends the spawned process and tokio reaps it in the background; this
+        // also ends whatever the handler started in the group (sandboxed: in the namespace).
         self.kill();
+        if let Some(sandbox) = self.sandbox.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || drop(sandbox))),
+                Err(_) => drop(sandbox),
+            }
+        }
+    }
+}
+
+/// Releases an instance's sandbox once its processes are killed: dropping the plan kills what
+/// is left in its cgroup and waits for the cgroup to empty, which may block.
+async fn release(sandbox: InstanceSandbox) {
+    if let Err(err) = tokio::task::spawn_blocking(move || drop(sandbox)).await {
+        tracing::warn!(
+            error = &err as &dyn std::error::Error,
+            "cannot release a sandbox"
+        );
     }
 }
 

@@ -53,6 +53,14 @@ impl LogCollector {
         }
     }
 
+    /// Ends the output here, as the marker would have: later bytes are ignored. For programs
+    /// that write no marker (a custom runtime's `bootstrap`, see `runtime_api.rs`).
+    pub(crate) fn end_here(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.keep(&pending);
+        self.marker_seen = true;
+    }
+
     /// Whether the end marker has gone by.
     pub(crate) fn marker_seen(&self) -> bool {
         self.marker_seen
@@ -198,6 +206,18 @@ mod tests {
         log.push(b"eq\n");
         assert!(log.marker_seen());
         assert_eq!(log.finish().0, "abc");
+    }
+
+    #[test]
+    fn unmarked_output_ends_where_told() {
+        let mut log = LogCollector::new(Vec::new(), 1024);
+        log.push(b"init\n");
+        log.push(b"handler\n");
+        assert!(!log.marker_seen());
+        log.end_here();
+        log.push(b"later\n");
+        assert!(log.marker_seen());
+        assert_eq!(log.finish().0, "init\nhandler\n");
     }
 
     #[test]

@@ -1,21 +1,25 @@
 //! How much memory an instance may use, how the limit is enforced, and how much one invocation
 //! used.
 //!
-//! # Without cgroup v2 (what this module does)
+//! # Without a memory controller (what this host has unless cgroup v2 delegates `memory`)
 //!
 //! A function may use `memory_mb`. Two mechanisms enforce it, because neither suffices alone:
 //!
-//! - **`RLIMIT_DATA`**, set in the child before exec (see `sandbox.rs`), at `memory_mb` plus a
-//!   per-runtime headroom ([`data_limit_bytes`]). It is a hard stop the kernel applies at
-//!   allocation time, so even an allocation far faster than any sampling fails: Python raises
-//!   `MemoryError`, Node.js throws `RangeError: Array buffer allocation failed` or aborts with
-//!   V8's fatal out-of-memory report. It counts writable private mappings (heap, thread
-//!   stacks, V8's committed pages), not resident memory: runtimes reserve more than they touch,
-//!   hence the headroom. It is per process, and shared mappings escape it.
-//! - **A watchdog** ([`Watchdog`]) that samples the resident set (`/proc/<pid>/statm`) of the
-//!   instance's main process plus its descendants while a frame is awaited (starting and each
-//!   invocation). When the sum passes `memory_mb` the engine kills the whole process group:
-//!   status 434, and the next call gets a fresh instance.
+//! - **`RLIMIT_DATA`**, set in the runtime before exec (by the sandbox plan, see
+//!   `isolation.rs`), at `memory_mb` plus a per-runtime headroom ([`data_limit_bytes`]). It is
+//!   a hard stop the kernel applies at allocation time, so even an allocation far faster than
+//!   any sampling fails: Python raises `MemoryError`, Node.js throws `RangeError: Array buffer
+//!   allocation failed` or aborts with V8's fatal out-of-memory report. It counts writable
+//!   private mappings (heap, thread stacks, V8's committed pages), not resident memory:
+//!   runtimes reserve more than they touch, hence the headroom. It is per process, and shared
+//!   mappings escape it.
+//! - **A watchdog** ([`Watchdog`]) that samples the instance's resident memory while a frame is
+//!   awaited (starting and each invocation). Sandboxed, it asks the plan
+//!   ([`Plan::check_memory`]), which sums the resident sets of every process of the instance
+//!   running as the function's uid (found through the instance's cgroup, or its process
+//!   tree), so a daemonised child is counted too; with `Isolation::None` it sums the runtime
+//!   process and its descendants itself. When the sum passes `memory_mb` the engine kills the
+//!   whole instance: status 434, and the next call gets a fresh instance.
 //!
 //! ```text
 //!                       memory_mb                 memory_mb + headroom
@@ -46,30 +50,35 @@
 //! the main process's peak during it (both cost microseconds). The engine reports the larger of
 //! that and the watchdog's largest sample of the whole tree.
 //!
-//! # With cgroup v2 (the seam)
+//! # With a memory controller
 //!
-//! A per-instance cgroup would replace both mechanisms: `memory.max` = `memory_mb` (the
-//! kernel's OOM killer then ends the instance, seen as `memory.events` `oom_kill`, status 434),
-//! and `memory.peak`, reset per invocation by writing to it, as `memUsage` of the whole tree,
-//! shared pages counted once. That belongs to the sandbox crate; when an instance has a
-//! cgroup, the watchdog and `RLIMIT_DATA` should stand down and [`reset_peak`] /
-//! [`read_peak_bytes`] should read the cgroup instead of `/proc`.
+//! Where cgroup v2 delegates `memory` and `pids`, each sandboxed instance has `memory.max` =
+//! `memory_mb`: the kernel's OOM killer ends the instance, the plan's check reports the
+//! `oom_kill` event as exceeded, and the engine answers 434 as above. `RLIMIT_DATA` stays, so
+//! that one huge allocation still fails inside the runtime with its own error rather than as a
+//! kill. The watchdog's samples are then `memory.current`, which counts pages shared between
+//! the instance's processes once.
 //!
 //! # Limitations
 //!
-//! - Descendants are found through `/proc/<pid>/task/*/children`, 100 ms into starting or into
-//!   an invocation and every 100 ms after: a process that leaves the tree (double fork,
-//!   daemon) is not counted, and shorter-lived ones or shorter invocations are not watched
-//!   for their children at all (`RLIMIT_DATA` still bounds each process). Resident sets are summed, so pages shared between
-//!   processes of the tree (after `fork`) count more than once.
+//! - Unsandboxed, descendants are found through `/proc/<pid>/task/*/children`, 100 ms into
+//!   starting or into an invocation and every 100 ms after: a process that leaves the tree
+//!   (double fork, daemon) is not counted, and shorter-lived ones or shorter invocations are
+//!   not watched for their children at all (`RLIMIT_DATA` still bounds each process).
+//! - Without a memory controller resident sets are summed, so pages shared between processes
+//!   of the instance (after `fork`) count more than once.
+//! - Files in an instance's `/tmp` (a tmpfs) use memory that no process's resident set shows;
+//!   the `/tmp` size bounds it (see `config.rs`).
 //! - Between samples memory may overshoot `memory_mb` by what the runtime can touch in one
 //!   interval (2–20 ms, shorter the nearer the limit), up to the `RLIMIT_DATA` headroom.
 //! - `RLIMIT_DATA` applies to each process of the tree separately, and a runtime's own thread
 //!   stacks eat into it.
 
 use std::io;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use nimbus_sandbox::{MemoryStatus, Plan};
 
 use crate::Runtime;
 
@@ -79,6 +88,9 @@ const MIB: u64 = 1024 * 1024;
 pub(crate) const PYTHON_DATA_HEADROOM_MB: u64 = 64;
 /// What the Node.js runtime may map beyond `memory_mb` (see the module header).
 pub(crate) const NODE_DATA_HEADROOM_MB: u64 = 128;
+/// What a custom runtime's `bootstrap` may map beyond `memory_mb`: its language is unknown,
+/// so it gets the larger headroom, that of Node.js.
+pub(crate) const CUSTOM_DATA_HEADROOM_MB: u64 = NODE_DATA_HEADROOM_MB;
 
 /// Shortest pause between two samples, for a tree just below its limit.
 const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(2);
@@ -96,6 +108,7 @@ pub(crate) fn data_limit_bytes(runtime: Runtime, memory_mb: u32) -> u64 {
     let headroom_mb = match runtime {
         Runtime::Python3 => PYTHON_DATA_HEADROOM_MB,
         Runtime::Nodejs => NODE_DATA_HEADROOM_MB,
+        Runtime::Custom => CUSTOM_DATA_HEADROOM_MB,
     };
     (u64::from(memory_mb) + headroom_mb) * MIB
 }
@@ -145,7 +158,7 @@ pub(crate) enum Sample {
     },
 }
 
-/// Watches the resident memory of an instance's process tree against its limit.
+/// Watches the resident memory of an instance against its limit.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
     pid: u32,
@@ -153,6 +166,8 @@ pub(crate) struct Watchdog {
     descendants: Vec<u32>,
     discovered_at: Instant,
     peak_bytes: u64,
+    /// Set for a sandboxed instance: the plan measures it instead of the process tree.
+    plan: Option<Arc<Plan>>,
 }
 
 impl Watchdog {
@@ -164,11 +179,42 @@ impl Watchdog {
             descendants: Vec::new(),
             discovered_at: Instant::now(),
             peak_bytes: 0,
+            plan: None,
         }
     }
 
-    /// Measures the tree once.
+    /// A watchdog for a sandboxed instance whose spawned process (the sandbox's waiter) is
+    /// `spawned`: [`Plan::check_memory`] measures it (`memory.current` with a memory
+    /// controller, else the resident sets of the function's processes) against the plan's
+    /// limit, `limit_bytes`. Its tree walk would count the sandbox's own processes, which
+    /// share the server's pages.
+    pub(crate) fn for_sandbox(plan: Arc<Plan>, spawned: u32, limit_bytes: u64) -> Watchdog {
+        Watchdog {
+            plan: Some(plan),
+            ..Watchdog::new(spawned, limit_bytes)
+        }
+    }
+
+    /// Measures the instance once.
     pub(crate) fn sample(&mut self) -> Sample {
+        if let Some(plan) = &self.plan {
+            let (used_bytes, exceeded) = match plan.check_memory(self.pid) {
+                Ok(MemoryStatus::Within { used_bytes }) => (used_bytes, false),
+                Ok(MemoryStatus::Exceeded { used_bytes, .. }) => (used_bytes, true),
+                Err(err) => {
+                    tracing::debug!(error = &err as &dyn std::error::Error, "cannot measure");
+                    return Sample::Within(MAX_SAMPLE_INTERVAL);
+                }
+            };
+            self.peak_bytes = self.peak_bytes.max(used_bytes);
+            return if exceeded {
+                Sample::Exceeded {
+                    resident_bytes: used_bytes,
+                }
+            } else {
+                Sample::Within(sample_interval(used_bytes, self.limit_bytes))
+            };
+        }
         if self.discovered_at.elapsed() >= DISCOVERY_INTERVAL {
             self.descendants = descendants(self.pid);
             self.discovered_at = Instant::now();

@@ -9,7 +9,10 @@
 //! - Python 3: [`EngineConfig::python`] `-u -s runtimes/python/bootstrap.py`, code on
 //!   `PYTHONPATH`;
 //! - Node.js: [`EngineConfig::node`] `--max-old-space-size=<memory_mb>
-//!   runtimes/nodejs/bootstrap.js`, code and its `node_modules` on `NODE_PATH`.
+//!   runtimes/nodejs/bootstrap.js`, code and its `node_modules` on `NODE_PATH`;
+//! - custom runtime: the package's own `<code>/bootstrap`, no arguments, no shim; it speaks
+//!   the HTTP runtime API of `runtime_api.rs`, whose address the engine adds to this plan's
+//!   environment once the API's listener is open.
 //!
 //! Both shims speak the protocol of `protocol.rs` on fd 0 and load the handler before they say
 //! they are ready, so loading is bounded by the init timeout and not billed to the first
@@ -30,6 +33,8 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
+use nimbus_sandbox::Isolation;
+
 use crate::{EngineConfig, EngineError, FunctionSpec, Runtime, memory};
 
 const PYTHON_BOOTSTRAP: &str = include_str!("../runtimes/python/bootstrap.py");
@@ -39,10 +44,13 @@ const NODE_BOOTSTRAP_FILE: &str = "bootstrap.js";
 
 /// Environment variable carrying the per-instance log marker token; the shim removes it.
 const LOG_TOKEN_VAR: &str = "_NIMBUS_LOG_TOKEN";
+/// The executable a custom runtime's code package must hold at its root.
+const CUSTOM_BOOTSTRAP_FILE: &str = "bootstrap";
 
 /// The shim files written into the runtime directory.
 #[derive(Debug)]
 pub(crate) struct Shims {
+    dir: PathBuf,
     python_bootstrap: PathBuf,
     node_bootstrap: PathBuf,
 }
@@ -59,20 +67,37 @@ impl Shims {
                 path: runtime_dir.to_owned(),
                 source,
             })?;
+        // Functions run as uids of their own and read the shims from here.
+        set_mode(&runtime_dir, 0o755).map_err(|source| EngineError::CreateRuntimeDir {
+            path: runtime_dir.clone(),
+            source,
+        })?;
         let python_bootstrap = runtime_dir.join(PYTHON_BOOTSTRAP_FILE);
         write_atomically(&python_bootstrap, PYTHON_BOOTSTRAP)?;
         let node_bootstrap = runtime_dir.join(NODE_BOOTSTRAP_FILE);
         write_atomically(&node_bootstrap, NODE_BOOTSTRAP)?;
         Ok(Shims {
+            dir: runtime_dir,
             python_bootstrap,
             node_bootstrap,
         })
     }
+
+    /// The directory holding the shims (absolute).
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 fn write_atomically(path: &Path, contents: &str) -> Result<(), EngineError> {
     let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
     std::fs::write(&temporary, contents)
+        .and_then(|()| set_mode(&temporary, 0o644))
         .and_then(|()| std::fs::rename(&temporary, path))
         .map_err(|source| EngineError::WriteShim {
             path: path.to_owned(),
@@ -85,6 +110,8 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), EngineError> {
 pub(crate) struct Launch {
     pub(crate) program: PathBuf,
     pub(crate) args: Vec<OsString>,
+    /// Where the function sees its code, and its working directory: `/var/user` in the sandbox
+    /// (which changes into it), the code directory itself with `Isolation::None`.
     pub(crate) cwd: PathBuf,
     /// The complete environment.
     pub(crate) env: BTreeMap<String, String>,
@@ -96,7 +123,9 @@ pub(crate) struct Launch {
 ///
 /// # Errors
 ///
-/// [`EngineError::RuntimeUnavailable`] if the engine has no interpreter for the runtime.
+/// [`EngineError::RuntimeUnavailable`] if the engine has no interpreter for the runtime,
+/// [`EngineError::BootstrapMissing`] if a custom runtime's package has no executable
+/// `bootstrap`.
 pub(crate) fn launch(
     config: &EngineConfig,
     shims: &Shims,
@@ -104,6 +133,10 @@ pub(crate) fn launch(
     token: &str,
 ) -> Result<Launch, EngineError> {
     let code_dir = std::path::absolute(&spec.code_dir).unwrap_or_else(|_| spec.code_dir.clone());
+    let code_root = match config.sandbox.isolation {
+        Isolation::Sandbox => PathBuf::from(nimbus_sandbox::CODE_ROOT),
+        Isolation::None => code_dir.clone(),
+    };
     let (program, args): (PathBuf, Vec<OsString>) = match spec.runtime {
         Runtime::Python3 => (
             config.python.clone(),
@@ -122,23 +155,38 @@ pub(crate) fn launch(
             let heap = format!("--max-old-space-size={}", spec.memory_mb);
             (node, vec![heap.into(), shims.node_bootstrap.clone().into()])
         }
+        Runtime::Custom => {
+            custom_bootstrap(&code_dir)?;
+            (code_root.join(CUSTOM_BOOTSTRAP_FILE), Vec::new())
+        }
     };
     Ok(Launch {
         program,
         args,
-        env: environment(config, spec, &code_dir, token),
-        cwd: code_dir,
+        env: environment(config, spec, &code_root, token),
+        cwd: code_root,
         data_limit_bytes: memory::data_limit_bytes(spec.runtime, spec.memory_mb),
     })
+}
+
+/// The package's `bootstrap`, checked here so that a missing one fails the start with a clear
+/// message rather than as a failed `exec`.
+fn custom_bootstrap(code_dir: &Path) -> Result<PathBuf, EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = code_dir.join(CUSTOM_BOOTSTRAP_FILE);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(path),
+        _ => Err(EngineError::BootstrapMissing { path }),
+    }
 }
 
 fn environment(
     config: &EngineConfig,
     spec: &FunctionSpec,
-    code_dir: &Path,
+    code_root: &Path,
     token: &str,
 ) -> BTreeMap<String, String> {
-    let code_root = code_dir.to_string_lossy().into_owned();
+    let code_root = code_root.to_string_lossy().into_owned();
     let mut env = BTreeMap::new();
     let mut set = |key: &str, value: &str| env.insert(key.to_owned(), value.to_owned());
 
@@ -158,6 +206,7 @@ fn environment(
                 &format!("{code_root}:{code_root}/node_modules"),
             );
         }
+        Runtime::Custom => {}
     }
 
     for (key, value) in user_environment(spec) {
@@ -176,7 +225,10 @@ fn environment(
     set("TENCENTCLOUD_APPID", &config.app_id);
     set("TENCENTCLOUD_UIN", &config.uin);
     set("_HANDLER", &spec.handler);
-    set(LOG_TOKEN_VAR, token);
+    // A custom runtime has no shim to hide the token from user code, and writes no markers.
+    if spec.runtime != Runtime::Custom {
+        set(LOG_TOKEN_VAR, token);
+    }
     env
 }
 
@@ -252,6 +304,7 @@ mod tests {
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
             region: "ap-guangzhou".into(),
+            network: false,
         }
     }
 
@@ -333,5 +386,38 @@ mod tests {
         assert_eq!(context["time_limit_in_ms"], 3000);
         assert_eq!(context["request_id"], "req-1");
         assert_eq!(context["function_version"], "$LATEST");
+    }
+
+    #[test]
+    fn custom_launch_runs_an_executable_bootstrap_without_token() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let shims = Shims::install(&dir.path().join("rt")).expect("shims");
+        let code = dir.path().join("code");
+        std::fs::create_dir(&code).expect("code dir");
+        let mut spec = spec(vec![]);
+        spec.runtime = Runtime::Custom;
+        spec.code_dir = code.clone();
+        let missing = launch(&config(), &shims, &spec, "tok");
+        assert!(matches!(missing, Err(EngineError::BootstrapMissing { .. })));
+
+        let bootstrap = code.join("bootstrap");
+        std::fs::write(&bootstrap, "#!/bin/sh\n").expect("write");
+        let not_executable = launch(&config(), &shims, &spec, "tok");
+        assert!(matches!(
+            not_executable,
+            Err(EngineError::BootstrapMissing { .. })
+        ));
+
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(&bootstrap, mode).expect("chmod");
+        let plan = launch(&config(), &shims, &spec, "tok").expect("launch plan");
+        // Sandboxed, the code is at /var/user.
+        assert_eq!(plan.program, Path::new("/var/user/bootstrap"));
+        assert!(plan.args.is_empty());
+        assert_eq!(plan.cwd, Path::new("/var/user"));
+        assert_eq!(plan.env["SCF_RUNTIME"], "CustomRuntime");
+        assert_eq!(plan.env["_HANDLER"], "index.main_handler");
+        assert!(!plan.env.contains_key("_NIMBUS_LOG_TOKEN"));
     }
 }

@@ -1,40 +1,50 @@
 //! Starting and killing instance processes.
 //!
 //! Every instance is started from one dedicated, long-lived thread (the spawner), in its own
-//! process group, with a clean environment, `RLIMIT_DATA` set (see `memory.rs`), the control
-//! socket as stdin and one pipe as both stdout and stderr:
+//! process group, with a clean environment, the control socket as stdin and one pipe as both
+//! stdout and stderr, and inside its sandbox: the child first asks to die with the engine, then
+//! enters the instance's [`Plan`] (see `isolation.rs` and `nimbus-sandbox`), which also sets
+//! the rlimits and the working directory:
 //!
 //! ```text
-//! invoke task --Job{Command}--> spawner thread --fork/exec--> shim (pgid = its pid)
-//!             <--Child---------                               fd 0: control socket
-//!                                                             fd 1, 2: log pipe
+//! invoke task --Job{Command}--> spawner thread --fork--> waiter (pgid = its pid)
+//!             <--Child---------                            └ init (pid 1 of a PID namespace)
+//!                                                             └ shim, exec'ed as the
+//!                                                               function's uid
+//!                                                          fd 0: control socket
+//!                                                          fd 1, 2: log pipe
 //! ```
+//!
+//! With `Isolation::None` there is no waiter or init: the spawned process is the shim.
 //!
 //! Children must never outlive the engine:
 //! - `kill_on_drop` kills an instance whose handle is dropped;
 //! - the child asks the kernel for `SIGKILL` when its parent dies (`PR_SET_PDEATHSIG`). The
 //!   kernel takes "parent" to mean the *thread* that forked, and tokio's blocking-pool threads
 //!   exit when idle; forking from the spawner thread, which lives as long as the engine, keeps
-//!   the signal from firing early;
+//!   the signal from firing early. Sandboxed, init has the same signal on the waiter, and when
+//!   init dies the kernel kills everything in its PID namespace;
 //! - the shim exits when its control socket reaches end of file, which happens when the engine
 //!   drops the instance or the engine process dies, whatever the thread.
 //!
-//! Killing targets the whole process group, so processes the handler started die with it.
+//! Killing targets the whole process group: sandboxed, that is the waiter, whose death takes
+//! the whole PID namespace with it, including processes that left the group with `setsid`.
 //!
 //! # Limitations
 //!
-//! No isolation yet: instances run as the engine's user, in its namespaces, without cgroup or
-//! seccomp, and with no rlimit but `RLIMIT_DATA`. A process that calls `setsid` leaves the
-//! group and escapes the kill (a cgroup's `cgroup.kill` would not miss it). Parent-death
-//! signals reach the shim only, not the processes it starts.
+//! With `Isolation::None`, a process that calls `setsid` leaves the group and escapes the kill
+//! (unless the instance has a cgroup, which the plan empties when it is dropped), and
+//! parent-death signals reach the shim only, not the processes it starts.
 
 use std::io::{self, PipeWriter};
 use std::os::fd::OwnedFd;
 use std::process::Stdio;
 use std::sync::mpsc;
 
+use std::sync::Arc;
+
+use nimbus_sandbox::Plan;
 use nix::errno::Errno;
-use nix::sys::resource::{Resource, setrlimit};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::net::UnixStream;
@@ -76,12 +86,16 @@ impl Spawner {
         Ok(Spawner { jobs })
     }
 
-    /// Starts one instance process as `launch` describes.
-    pub(crate) async fn spawn(&self, launch: &Launch) -> Result<Spawned, EngineError> {
+    /// Starts one instance process as `launch` describes, inside the sandbox `plan` prepared.
+    pub(crate) async fn spawn(
+        &self,
+        launch: &Launch,
+        plan: &Arc<Plan>,
+    ) -> Result<Spawned, EngineError> {
         let (control, child_control) =
             std::os::unix::net::UnixStream::pair().map_err(EngineError::SpawnInstance)?;
         let (log_reader, log_writer) = std::io::pipe().map_err(EngineError::SpawnInstance)?;
-        let command = command(launch, child_control.into(), log_writer)
+        let command = command(launch, plan, child_control.into(), log_writer)
             .map_err(EngineError::SpawnInstance)?;
 
         let (reply, answer) = oneshot::channel();
@@ -119,12 +133,18 @@ fn serve(runtime: &Handle, queue: &mpsc::Receiver<Job>) {
     }
 }
 
-fn command(launch: &Launch, control: OwnedFd, log: PipeWriter) -> io::Result<Command> {
+fn command(
+    launch: &Launch,
+    plan: &Arc<Plan>,
+    control: OwnedFd,
+    log: PipeWriter,
+) -> io::Result<Command> {
     let log_for_stderr = log.try_clone()?;
+    // No `current_dir`: std would change directory before the sandbox exists; the plan enters
+    // the code directory itself, wherever the function sees it.
     let mut command = Command::new(&launch.program);
     command
         .args(&launch.args)
-        .current_dir(&launch.cwd)
         .env_clear()
         .envs(&launch.env)
         .stdin(Stdio::from(control))
@@ -132,33 +152,32 @@ fn command(launch: &Launch, control: OwnedFd, log: PipeWriter) -> io::Result<Com
         .stderr(Stdio::from(log_for_stderr))
         .process_group(0)
         .kill_on_drop(true);
-    prepare_child(&mut command, launch.data_limit_bytes);
+    prepare_child(&mut command, Arc::clone(plan));
     Ok(command)
 }
 
-/// Makes the child limit its data segment to `data_limit_bytes`, ask for `SIGKILL` when the
-/// spawning thread dies, and refuse to start if the engine already died before it could ask.
+/// Makes the child ask for `SIGKILL` when the spawning thread dies, refuse to start if the
+/// engine already died before it could ask, and then enter its sandbox.
 #[expect(
     unsafe_code,
     reason = "pre_exec is unsafe; the hook only makes async-signal-safe system calls"
 )]
-fn prepare_child(command: &mut Command, data_limit_bytes: u64) {
+fn prepare_child(command: &mut Command, plan: Arc<Plan>) {
     // Everything the hook needs is computed here, before the fork.
     let parent = nix::unistd::getpid();
-    let data_limit: nix::libc::rlim_t = data_limit_bytes;
     let hook = move || -> io::Result<()> {
-        setrlimit(Resource::RLIMIT_DATA, data_limit, data_limit)?;
         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
         if nix::unistd::getppid() != parent {
             return Err(io::Error::from(Errno::ESRCH));
         }
-        Ok(())
+        plan.enter()
     };
     // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
-    // functions may be called. It makes three raw system calls (`setrlimit` with a limit
-    // struct built on the stack from a copied integer, `prctl(PR_SET_PDEATHSIG)` and
-    // `getppid`), reads a copied `Pid`, and on failure builds an `io::Error` from a raw errno,
-    // which does not allocate. It takes no locks and touches no shared state.
+    // functions may be called. It makes two raw system calls (`prctl(PR_SET_PDEATHSIG)` and
+    // `getppid`), compares a copied `Pid`, and calls `Plan::enter`, which is documented to
+    // make only async-signal-safe system calls on data the parent prepared in `Plan::new`; the
+    // closure owns an `Arc` to that plan, so it outlives the call. On failure it builds an
+    // `io::Error` from a raw errno, which does not allocate. It takes no locks.
     unsafe {
         command.pre_exec(hook);
     }

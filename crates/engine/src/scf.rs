@@ -13,6 +13,8 @@ use crate::InvocationResult;
 
 /// The response is larger than SCF allows (6 MB).
 pub(crate) const RESPONSE_TOO_LARGE: u16 = 407;
+/// The user's code failed (raised, or a custom runtime posted an error).
+pub(crate) const USER_CODE_EXCEPTION: u16 = 430;
 /// Concurrency exceeded.
 pub(crate) const CONCURRENCY_EXCEEDED: u16 = 432;
 /// Execution timed out.
@@ -96,6 +98,16 @@ fn seconds(duration: Duration) -> String {
 /// SCF's wording for a timeout.
 pub(crate) fn timeout_message(timeout: Duration) -> String {
     format!("Invoking task timed out after {} seconds", seconds(timeout))
+}
+
+/// The message of status 445 when a custom runtime's package has no executable `bootstrap`.
+pub(crate) const BOOTSTRAP_MISSING_MESSAGE: &str = "bootstrap file not found or not \
+     executable: a CustomRuntime code package must hold an executable file named bootstrap at \
+     its root";
+
+/// The message of status 445 when a custom runtime posted `/runtime/init/error`.
+pub(crate) fn init_error_message(posted: &str) -> String {
+    format!("ContainerInitError: the runtime reported an initialization error: {posted}")
 }
 
 /// SCF's wording for a process that died during an invocation.

@@ -1,11 +1,13 @@
 //! The engine against a real Node.js: handlers written into temporary directories, invoked
-//! through the public API. Every test shuts its engine down, which reaps every instance.
+//! through the public API, in the sandbox (the default; these tests run as root). Every test
+//! shuts its engine down, which reaps every instance. Instances are told apart by
+//! [`InstanceId`] (pid and PID namespace), as in `python.rs`.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Fixture, error, eventually, pid_of, printed_pid, reaped, request, ret};
+use common::{Fixture, InstanceId, error, eventually, request, ret};
 use nimbus_engine::{InvocationResult, Runtime, resolve_node};
 use serde_json::{Value, json};
 
@@ -147,7 +149,8 @@ async fn event_context_and_environment_reach_handler() {
     assert!(remaining > 5_000 && remaining <= 10_000, "{remaining}");
 
     let env = &value["env"];
-    let code_dir = fixture.code.path().to_str().expect("utf-8 path");
+    // The sandbox mounts the code at /var/user, as SCF does.
+    let code_dir = "/var/user";
     assert_eq!(env["SCF_FUNCTIONNAME"], "echo");
     assert_eq!(env["SCF_NAMESPACE"], "default");
     let runtime = env["SCF_RUNTIME"].as_str().expect("set");
@@ -180,7 +183,11 @@ async fn event_context_and_environment_reach_handler() {
 
 const COUNTER: &str = r"
 let count = 0;
-exports.main_handler = async () => ({ count: ++count, pid: process.pid });
+exports.main_handler = async () => ({
+  count: ++count,
+  pid: process.pid,
+  ns: require('fs').readlinkSync('/proc/self/ns/pid'),
+});
 ";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +201,7 @@ async fn warm_instance_keeps_module_state() {
     assert_eq!(ret(&second)["count"], 2);
     assert!(first.cold_start);
     assert!(!second.cold_start);
-    assert_eq!(pid_of(&ret(&first)), pid_of(&ret(&second)));
+    assert_eq!(InstanceId::of(&ret(&first)), InstanceId::of(&ret(&second)));
     assert_eq!(engine.live_instances(), 1);
     engine.shutdown().await;
 }
@@ -591,18 +598,19 @@ const SLEEPER: &str = r"
 const { spawn } = require('child_process');
 const fs = require('fs');
 exports.main_handler = async (event) => {
+  const ns = fs.readlinkSync('/proc/self/ns/pid');
   if (event.spawn) {
     const child = spawn('sleep', ['30'], { stdio: 'ignore' });
-    console.log('child ' + child.pid);
+    console.log('child ' + child.pid + ' ' + ns);
   }
-  console.log('pid ' + process.pid);
+  console.log('pid ' + process.pid + ' ' + ns);
   if (event.exit) process.exit(3);
   if (event.mark) {
     fs.writeFileSync(event.mark + '.tmp', String(process.pid));
     fs.renameSync(event.mark + '.tmp', event.mark);
   }
   await new Promise((resolve) => setTimeout(resolve, (event.sleep || 0) * 1000));
-  return { pid: process.pid };
+  return { pid: process.pid, ns };
 };
 ";
 
@@ -620,18 +628,15 @@ async fn timeout_is_433_and_kills_process_group() {
     assert_eq!(status, 433);
     let message = body["errorMessage"].as_str().expect("message");
     assert!(message.contains("timed out after 1 seconds"), "{message}");
-    let pid = printed_pid(&outcome.log, "pid");
-    let child = printed_pid(&outcome.log, "child");
-    assert!(reaped(pid), "instance {pid} still exists");
-    eventually("the handler's child is killed", || {
-        common::not_running(child)
-    })
-    .await;
+    let instance = InstanceId::printed(&outcome.log, "pid");
+    let child = InstanceId::printed(&outcome.log, "child");
+    eventually("the instance is gone", || instance.gone()).await;
+    eventually("the handler's child is killed", || child.gone()).await;
     assert_eq!(engine.live_instances(), 0);
 
     let next = engine.invoke(&spec, request("r2", json!({}))).await;
     assert!(next.cold_start);
-    assert_ne!(pid_of(&ret(&next)), pid);
+    assert_ne!(InstanceId::of(&ret(&next)), instance);
     engine.shutdown().await;
 }
 
@@ -672,7 +677,7 @@ exports.main_handler = async (event) => {
     kept.length = 0;
     collectGarbage();
   }
-  return { pid: process.pid, mb: peak };
+  return { pid: process.pid, ns: require('fs').readlinkSync('/proc/self/ns/pid'), mb: peak };
 };
 ";
 
@@ -715,7 +720,7 @@ async fn growing_past_memory_size_is_434_and_instance_is_replaced() {
     let engine = fixture.engine().await;
     let spec = spec(&fixture, "grower");
     let first = engine.invoke(&spec, request("r0", json!({"mb": 1}))).await;
-    let pid = pid_of(&ret(&first));
+    let instance = InstanceId::of(&ret(&first));
 
     let outcome = engine
         .invoke(
@@ -733,12 +738,12 @@ async fn growing_past_memory_size_is_434_and_instance_is_replaced() {
         outcome.log
     );
     assert!(outcome.mem_usage_bytes > 128 * 1024 * 1024);
-    assert!(reaped(pid), "the instance was not killed");
+    eventually("the instance is killed", || instance.gone()).await;
     assert_eq!(engine.live_instances(), 0);
 
     let next = engine.invoke(&spec, request("r2", json!({"mb": 1}))).await;
     assert!(next.cold_start);
-    assert_ne!(pid_of(&ret(&next)), pid);
+    assert_ne!(InstanceId::of(&ret(&next)), instance);
     engine.shutdown().await;
 }
 
@@ -748,7 +753,7 @@ async fn allocation_refused_by_data_limit_is_434_and_instance_is_recycled() {
     let engine = fixture.engine().await;
     let spec = spec(&fixture, "huge");
     let first = engine.invoke(&spec, request("r0", json!({}))).await;
-    let pid = pid_of(&ret(&first));
+    let instance = InstanceId::of(&ret(&first));
 
     let outcome = engine
         .invoke(&spec, request("r1", json!({"huge": true})))
@@ -760,7 +765,7 @@ async fn allocation_refused_by_data_limit_is_434_and_instance_is_recycled() {
         trace.starts_with("RangeError: Array buffer allocation failed"),
         "{trace}"
     );
-    eventually("the recycled instance is reaped", || reaped(pid)).await;
+    eventually("the recycled instance is gone", || instance.gone()).await;
 
     let next = engine.invoke(&spec, request("r2", json!({}))).await;
     assert!(next.cold_start);

@@ -180,8 +180,15 @@ mod tests {
     #[tokio::test]
     async fn default_namespace_exists_from_the_start() {
         let (_dir, store) = open();
-        let default = store.get_namespace("default").await.expect("get").expect("exists");
-        assert!(default.add_time > 1_600_000_000_000, "created now, not at the epoch");
+        let default = store
+            .get_namespace("default")
+            .await
+            .expect("get")
+            .expect("exists");
+        assert!(
+            default.add_time > 1_600_000_000_000,
+            "created now, not at the epoch"
+        );
         assert!(
             !store
                 .insert_namespace(namespace("default"))

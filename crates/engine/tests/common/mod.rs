@@ -25,6 +25,8 @@ impl Fixture {
     /// A code directory holding `files` (name, contents).
     pub fn new(files: &[(&str, &str)]) -> Fixture {
         let code = tempfile::tempdir().expect("code dir");
+        // Sandboxed functions run as a uid of their own, which reads the code as "other".
+        set_mode(code.path(), 0o755);
         for (name, contents) in files {
             let path = code.path().join(name);
             if let Some(parent) = path.parent() {
@@ -65,8 +67,15 @@ impl Fixture {
             init_timeout: Duration::from_secs(30),
             environment: vec![("GREETING".into(), "hello".into())],
             region: "ap-guangzhou".into(),
+            network: false,
         }
     }
+}
+
+/// Sets the permission bits of `path`.
+pub fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
 }
 
 pub fn request(id: &str, event: Value) -> InvocationRequest {
@@ -157,4 +166,85 @@ pub fn child_processes() -> Vec<u32> {
                 .collect::<Vec<u32>>()
         })
         .collect()
+}
+
+/// The instance a handler ran in: its pid as it sees it and its PID namespace
+/// (`/proc/self/ns/pid`). Sandboxed, every instance has a namespace of its own and its runtime
+/// is pid 2 in it; unsandboxed, the namespace is the host's and the pid is the host's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceId {
+    pub pid: u32,
+    pub namespace: String,
+}
+
+impl InstanceId {
+    /// From a handler's `{"pid": ..., "ns": ...}`, where `ns` is `readlink /proc/self/ns/pid`.
+    pub fn of(value: &Value) -> InstanceId {
+        InstanceId {
+            pid: pid_of(value),
+            namespace: value["ns"].as_str().expect("ns in result").to_owned(),
+        }
+    }
+
+    /// From a line `<label> <pid> <namespace>` of `log` (lines may carry a console prefix).
+    pub fn printed(log: &str, label: &str) -> InstanceId {
+        log.lines()
+            .find_map(|line| {
+                let (_, rest) = line.split_once(&format!("{label} "))?;
+                let mut words = rest.split_whitespace();
+                let pid = words.next()?.parse().ok()?;
+                let namespace = words.next()?.to_owned();
+                Some(InstanceId { pid, namespace })
+            })
+            .unwrap_or_else(|| panic!("no `{label} <pid> <ns>` line in log:\n{log}"))
+    }
+
+    /// Whether nothing of the instance runs any more: unsandboxed its process, sandboxed every
+    /// process of its PID namespace (children included) is gone or a zombie.
+    pub fn gone(&self) -> bool {
+        if self.namespace == pid_namespace_of("self").unwrap_or_default() {
+            return not_running(self.pid);
+        }
+        processes_in_namespace(&self.namespace)
+            .into_iter()
+            .all(not_running)
+    }
+}
+
+fn pid_namespace_of(pid: &str) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok()?;
+    Some(link.to_string_lossy().into_owned())
+}
+
+/// Host pids of the processes in the PID namespace `namespace` (`pid:[inode]`).
+pub fn processes_in_namespace(namespace: &str) -> Vec<u32> {
+    host_pids()
+        .into_iter()
+        .filter(|pid| pid_namespace_of(&pid.to_string()).as_deref() == Some(namespace))
+        .collect()
+}
+
+fn host_pids() -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// The contents of `/tmp/<name>` as some process on the host sees it: a sandboxed handler's
+/// `/tmp` is private, and reachable from the host only through `/proc/<pid>/root`.
+pub fn tmp_file(name: &str) -> Option<String> {
+    host_pids()
+        .into_iter()
+        .find_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/root/tmp/{name}")).ok())
+}
+
+/// A name for a file in a handler's `/tmp` that no other test uses.
+pub fn unique_name(label: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("nimbus-test-{}-{n}-{label}", std::process::id())
 }

@@ -1,0 +1,556 @@
+//! Putting instances into the sandbox of `nimbus-sandbox`: which uid a function runs as, which
+//! host paths its runtime needs inside, and the [`InstanceSpec`] of one instance.
+//!
+//! ```text
+//! Engine::new ── Sandbox::new(config.sandbox) ── probe: an error if the sandbox is asked for
+//!                                                 and this host cannot provide it
+//! cold start ─── IdLease (namespace, name) ─────> uid (= gid), held while the instance lives
+//!            ─── Plan::new(InstanceSpec { uid, code, runtime paths, /tmp, network, memory,
+//!                                         limits }) ─> Arc<Plan>
+//!            ─── spawner: pre_exec(die with the engine; plan.enter())      (see sandbox.rs)
+//! running ────── the waiter is the spawned process; plan.runtime_pid() is the runtime's host
+//!                pid (memory.rs reads its peak), plan.check_memory() is the watchdog
+//! stop ───────── kill the process group, reap the waiter, drop the plan (blocking: it kills
+//!                what is left in the instance's cgroup and removes it), release the uid
+//! ```
+//!
+//! Uids: each function (namespace and name) runs as one uid, which is its gid too, from the
+//! sandbox's range (`SandboxConfig::first_id`, `id_count`): the slot a hash of the function's
+//! key points at, or the next free one after it. The map lives in memory only, so uids are per
+//! server lifetime: after a restart a function usually gets the same uid again (the hash), but
+//! nothing promises it, and nothing on disk belongs to these uids. Two functions never hold the
+//! same uid while both have instances; a uid is taken from a function only when the range is
+//! full and that function has no instance left.
+//!
+//! Runtime paths, bound read-only at their own path: the engine's shim directory and the
+//! installation prefix of the interpreter, derived from where it lives (`<prefix>/bin/node`
+//! gives `<prefix>`), both for the configured path and for the file it resolves to, which covers
+//! pyenv, virtual environments and `/usr`. System directories (`/usr`, `/lib`, ...) are in every
+//! sandbox anyway.
+//!
+//! Every limit and its default is listed in `config.rs`.
+//!
+//! # Limitations
+//!
+//! - The prefix is derived from the interpreter's location, not asked of the interpreter: one
+//!   whose libraries live outside `<bin>/..` does not start inside.
+//! - Custom runtimes get the host's network whatever [`FunctionSpec::network`] says: their
+//!   runtime API listens on the host's loopback (see `runtime_api.rs`), which an instance with
+//!   a network namespace of its own cannot reach. TODO: open that listener inside the instance's
+//!   namespace (or pass it a Unix socket) so that custom runtimes can run without network too.
+//! - The process count that reports a fork bomb is read after each invocation: a bomb that
+//!   ended by itself before the invocation did is not reported (it was contained all the same).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use nimbus_sandbox::{
+    Capabilities, InstanceSpec, Isolation, Limits, MemoryEnforcement, Network, Plan, Sandbox,
+};
+
+use crate::config::CPU_BACKSTOP_MARGIN;
+use crate::pool::FunctionKey;
+use crate::runtime::Launch;
+use crate::{EngineConfig, EngineError, FunctionSpec, Runtime};
+
+/// Processes of a sandboxed instance that are the sandbox's own and sit in its cgroup: init.
+const SANDBOX_PROCESSES: u64 = 1;
+/// Room left below the CPU backstop, beyond one timeout, before an instance is recycled.
+const CPU_RESERVE_SECS: f64 = 5.0;
+
+/// The engine's side of the sandbox: created once, used by every cold start.
+#[derive(Debug)]
+pub(crate) struct Isolator {
+    sandbox: Sandbox,
+    ids: Arc<Mutex<IdTable>>,
+    python_paths: Vec<PathBuf>,
+    node_paths: Vec<PathBuf>,
+    shim_dir: PathBuf,
+    tmp_bytes: u64,
+    max_processes: u64,
+    max_open_files: u64,
+    concurrency: u64,
+}
+
+impl Isolator {
+    /// Probes the host and sets the sandbox up as `config.sandbox` asks; `shim_dir` is where the
+    /// engine's shims are (bound into every sandbox).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::SetUpSandbox`] if the sandbox is asked for and cannot be provided (its
+    /// source says what is missing), or if the probe itself fails.
+    pub(crate) fn new(config: &EngineConfig, shim_dir: &Path) -> Result<Isolator, EngineError> {
+        let sandbox = Sandbox::new(config.sandbox.clone()).map_err(EngineError::SetUpSandbox)?;
+        Ok(Isolator {
+            sandbox,
+            ids: Arc::default(),
+            python_paths: prefixes(&config.python),
+            node_paths: config.node.as_deref().map(prefixes).unwrap_or_default(),
+            shim_dir: shim_dir.to_owned(),
+            tmp_bytes: config.tmp_bytes,
+            max_processes: config.max_processes,
+            max_open_files: config.max_open_files,
+            concurrency: u64::from(config.default_concurrency),
+        })
+    }
+
+    /// Sandbox or not.
+    pub(crate) fn isolation(&self) -> Isolation {
+        self.sandbox.isolation()
+    }
+
+    /// What the host offers, as the probe found it.
+    pub(crate) fn capabilities(&self) -> &Capabilities {
+        self.sandbox.capabilities()
+    }
+
+    /// How instances' memory is bounded.
+    pub(crate) fn memory_enforcement(&self) -> MemoryEnforcement {
+        self.sandbox.memory_enforcement()
+    }
+
+    /// Prepares the sandbox of a new instance of `spec`, to be started as `launch` says.
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::CodeNotReadable`] if the function's uid could not read its code,
+    /// [`EngineError::NoFreeUid`] if the uid range is used up, [`EngineError::PrepareSandbox`]
+    /// if the plan cannot be built.
+    pub(crate) fn prepare(
+        &self,
+        spec: &FunctionSpec,
+        launch: &Launch,
+    ) -> Result<InstanceSandbox, EngineError> {
+        let isolation = self.isolation();
+        if isolation == Isolation::Sandbox {
+            check_code_dir(&spec.code_dir)?;
+        }
+        let key = FunctionKey {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+        };
+        let config = self.sandbox.config();
+        let uid = IdLease::take(&self.ids, config.first_id, config.id_count, key)?;
+        let limits = Limits {
+            nproc: self.nproc(),
+            nofile: self.max_open_files,
+            fsize_bytes: self.tmp_bytes,
+            cpu_secs: cpu_backstop_secs(spec),
+            data_bytes: Some(launch.data_limit_bytes),
+        };
+        let mut runtime_paths = match spec.runtime {
+            Runtime::Python3 => self.python_paths.clone(),
+            Runtime::Nodejs => self.node_paths.clone(),
+            Runtime::Custom => Vec::new(),
+        };
+        runtime_paths.push(self.shim_dir.clone());
+        let network = if spec.network || spec.runtime == Runtime::Custom {
+            Network::Host
+        } else {
+            Network::Off
+        };
+        let instance = InstanceSpec {
+            uid: uid.id,
+            gid: uid.id,
+            code_dir: spec.code_dir.clone(),
+            runtime_paths,
+            tmp_bytes: self.tmp_bytes,
+            network,
+            memory_mb: spec.memory_mb,
+            limits,
+        };
+        let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;
+        Ok(InstanceSandbox {
+            plan: Arc::new(plan),
+            _uid: uid,
+            isolation,
+            max_processes: self.max_processes,
+            nproc: limits.nproc,
+            cpu_secs: limits.cpu_secs,
+        })
+    }
+
+    /// `RLIMIT_NPROC`: every instance of a function runs as its uid, so the limit is the
+    /// per-instance allowance times the instances a function may have.
+    fn nproc(&self) -> u64 {
+        self.max_processes.saturating_mul(self.concurrency.max(1))
+    }
+}
+
+/// One instance's sandbox: its plan and its claim on the function's uid.
+///
+/// Dropping it may block (up to two seconds, while the plan waits for the processes left in the
+/// instance's cgroup to die): drop it from a blocking context, after killing the instance.
+#[derive(Debug)]
+pub(crate) struct InstanceSandbox {
+    plan: Arc<Plan>,
+    // Declared after `plan`: the uid is released only once the plan has killed what was left.
+    _uid: IdLease,
+    isolation: Isolation,
+    max_processes: u64,
+    nproc: u64,
+    cpu_secs: u64,
+}
+
+impl InstanceSandbox {
+    /// The plan, for `pre_exec` and the watchdog.
+    pub(crate) fn plan(&self) -> &Arc<Plan> {
+        &self.plan
+    }
+
+    /// Whether the plan's memory check replaces the engine's own watchdog: in the sandbox,
+    /// where the spawned process is a waiter and the function's processes are found by uid.
+    pub(crate) fn checks_memory(&self) -> bool {
+        self.isolation == Isolation::Sandbox
+    }
+
+    /// The host pid of the runtime, given the spawned process's; `None` if it is already gone.
+    pub(crate) fn runtime_pid(&self, spawned: u32) -> Option<u32> {
+        self.plan.runtime_pid(spawned).unwrap_or_else(|err| {
+            tracing::debug!(
+                spawned,
+                error = &err as &dyn std::error::Error,
+                "cannot find runtime"
+            );
+            None
+        })
+    }
+
+    /// One log line if the instance ran more processes and threads than one instance may (a
+    /// fork bomb, contained by `RLIMIT_NPROC` or `pids.max`); `None` otherwise. An instance
+    /// this reports on must be stopped.
+    pub(crate) fn process_report(&self, spawned: u32) -> Option<String> {
+        let refused = self
+            .plan
+            .cgroup()
+            .and_then(|cgroup| cgroup.pids_limit_hits().ok().flatten())
+            .unwrap_or(0);
+        let tasks = self.tasks(spawned).unwrap_or(0);
+        if tasks <= self.max_processes && refused == 0 {
+            return None;
+        }
+        Some(format!(
+            "Process limit reached: {tasks} processes and threads were running in this \
+             instance ({} allowed per instance, {} per function); the instance is stopped.",
+            self.max_processes, self.nproc
+        ))
+    }
+
+    /// The function's processes and threads in this instance.
+    fn tasks(&self, spawned: u32) -> Option<u64> {
+        if let Some(cgroup) = self.plan.cgroup() {
+            let threads = std::fs::read_to_string(cgroup.path().join("cgroup.threads")).ok()?;
+            let all = u64::try_from(threads.lines().count()).ok()?;
+            let own = match self.isolation {
+                Isolation::Sandbox => SANDBOX_PROCESSES,
+                Isolation::None => 0,
+            };
+            return Some(all.saturating_sub(own));
+        }
+        let pids = self.plan.function_pids(spawned).ok()?;
+        Some(pids.iter().map(|&pid| threads_of(pid)).sum())
+    }
+
+    /// Whether the runtime process has used so much CPU time that its `RLIMIT_CPU` backstop
+    /// might end it during its next invocation of up to `timeout`: the instance should then be
+    /// stopped rather than kept.
+    pub(crate) fn cpu_nearly_spent(&self, runtime_pid: u32, timeout: Duration) -> bool {
+        let Some(used) = cpu_seconds(runtime_pid) else {
+            return false;
+        };
+        // A few thousand seconds: exact as a float.
+        let limit = self.cpu_secs as f64;
+        used + timeout.as_secs_f64() + CPU_RESERVE_SECS >= limit
+    }
+}
+
+/// The CPU-time backstop of an instance of `spec`, in whole seconds.
+fn cpu_backstop_secs(spec: &FunctionSpec) -> u64 {
+    let total = spec.init_timeout + spec.timeout + CPU_BACKSTOP_MARGIN;
+    total.as_secs() + u64::from(total.subsec_nanos() > 0)
+}
+
+/// Refuses a code directory the function's own uid could not read (it is neither owner nor in
+/// the group, so only the "other" bits count).
+fn check_code_dir(dir: &Path) -> Result<(), EngineError> {
+    use std::os::unix::fs::PermissionsExt;
+    // A directory that cannot be inspected at all is reported by the plan.
+    let Ok(metadata) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    let mode = metadata.permissions().mode() & 0o7777;
+    if mode & 0o005 == 0o005 {
+        Ok(())
+    } else {
+        Err(EngineError::CodeNotReadable {
+            path: dir.to_owned(),
+            mode,
+        })
+    }
+}
+
+/// The installation prefixes of `binary`: `<prefix>/bin/<name>` gives `<prefix>`, for the path
+/// as given and for the file it resolves to.
+fn prefixes(binary: &Path) -> Vec<PathBuf> {
+    let resolved = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_owned());
+    let mut found: Vec<PathBuf> = Vec::new();
+    for path in [binary, resolved.as_path()] {
+        let Some(prefix) = path.parent().and_then(Path::parent) else {
+            continue;
+        };
+        if prefix.is_absolute() && prefix != Path::new("/") && !found.iter().any(|p| p == prefix) {
+            found.push(prefix.to_owned());
+        }
+    }
+    found
+}
+
+/// The number of threads of `pid`; 0 once it is gone.
+fn threads_of(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| tasks.count() as u64)
+        .unwrap_or(0)
+}
+
+/// CPU time (user and system, all threads) `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_cpu_ticks(&stat)?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|&t| t > 0)?;
+    Some(ticks as f64 / per_second as f64)
+}
+
+/// `utime + stime` from `/proc/<pid>/stat` (fields 14 and 15, counted after the command name,
+/// which may hold spaces and ends at the last `)`).
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
+/// Which function holds which uid.
+#[derive(Debug, Default)]
+struct IdTable {
+    by_function: HashMap<FunctionKey, Holder>,
+    by_id: HashMap<u32, FunctionKey>,
+}
+
+#[derive(Debug)]
+struct Holder {
+    id: u32,
+    /// Leases (instances) alive.
+    live: usize,
+}
+
+impl IdTable {
+    /// A uid no function holds, looking from `start` on; when every uid is held, the uid of a
+    /// function without instances, taken from it.
+    fn free_id(&mut self, first: u32, count: u32, start: u64) -> Option<u32> {
+        if (self.by_id.len() as u64) < u64::from(count) {
+            for step in 0..u64::from(count) {
+                let slot = (start + step) % u64::from(count);
+                let id = u32::try_from(u64::from(first) + slot).ok()?;
+                if !self.by_id.contains_key(&id) {
+                    return Some(id);
+                }
+            }
+        }
+        let (key, id) = self
+            .by_function
+            .iter()
+            .find(|(_, holder)| holder.live == 0)
+            .map(|(key, holder)| (key.clone(), holder.id))?;
+        self.by_function.remove(&key);
+        self.by_id.remove(&id);
+        Some(id)
+    }
+}
+
+/// An instance's claim on its function's uid; dropping it gives the claim back.
+#[derive(Debug)]
+struct IdLease {
+    table: Arc<Mutex<IdTable>>,
+    key: FunctionKey,
+    id: u32,
+}
+
+impl IdLease {
+    fn take(
+        table: &Arc<Mutex<IdTable>>,
+        first: u32,
+        count: u32,
+        key: FunctionKey,
+    ) -> Result<IdLease, EngineError> {
+        let mut ids = lock(table);
+        let id = match ids.by_function.get_mut(&key) {
+            Some(holder) => {
+                holder.live += 1;
+                holder.id
+            }
+            None => {
+                let start = slot_of(&key) % u64::from(count.max(1));
+                let id = ids
+                    .free_id(first, count, start)
+                    .ok_or(EngineError::NoFreeUid { count })?;
+                ids.by_id.insert(id, key.clone());
+                ids.by_function.insert(key.clone(), Holder { id, live: 1 });
+                id
+            }
+        };
+        drop(ids);
+        Ok(IdLease {
+            table: Arc::clone(table),
+            key,
+            id,
+        })
+    }
+}
+
+impl Drop for IdLease {
+    fn drop(&mut self) {
+        let mut ids = lock(&self.table);
+        if let Some(holder) = ids.by_function.get_mut(&self.key)
+            && holder.id == self.id
+        {
+            holder.live = holder.live.saturating_sub(1);
+        }
+    }
+}
+
+fn lock(table: &Mutex<IdTable>) -> MutexGuard<'_, IdTable> {
+    table.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A stable hash of a function's key (FNV-1a), so that a function tends to get the same uid
+/// from one server start to the next.
+fn slot_of(key: &FunctionKey) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    let bytes = key
+        .namespace
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(key.name.bytes());
+    bytes.fold(OFFSET, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> FunctionKey {
+        FunctionKey {
+            namespace: "default".into(),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn a_function_keeps_its_uid_and_others_get_their_own() {
+        let table = Arc::default();
+        let a1 = IdLease::take(&table, 1000, 100, key("a")).expect("uid");
+        let a2 = IdLease::take(&table, 1000, 100, key("a")).expect("uid");
+        let b = IdLease::take(&table, 1000, 100, key("b")).expect("uid");
+        assert_eq!(a1.id, a2.id);
+        assert_ne!(a1.id, b.id);
+        assert!((1000..1100).contains(&a1.id) && (1000..1100).contains(&b.id));
+        drop((a1, a2));
+        // Without instances, a keeps its uid while the range has room.
+        let again = IdLease::take(&table, 1000, 100, key("a")).expect("uid");
+        let slot = u32::try_from(slot_of(&key("a")) % 100).expect("below 100");
+        assert_eq!(again.id, 1000 + slot);
+    }
+
+    #[test]
+    fn a_full_range_reuses_only_uids_of_functions_without_instances() {
+        let table = Arc::default();
+        let a = IdLease::take(&table, 5, 2, key("a")).expect("uid");
+        let b = IdLease::take(&table, 5, 2, key("b")).expect("uid");
+        assert!(matches!(
+            IdLease::take(&table, 5, 2, key("c")),
+            Err(EngineError::NoFreeUid { count: 2 })
+        ));
+        let b_id = b.id;
+        drop(b);
+        let c = IdLease::take(&table, 5, 2, key("c")).expect("b's uid, now unused");
+        assert_eq!(c.id, b_id);
+        assert_ne!(c.id, a.id);
+        // b comes back and finds the range full of functions with instances.
+        assert!(IdLease::take(&table, 5, 2, key("b")).is_err());
+    }
+
+    #[test]
+    fn the_slot_hash_is_stable() {
+        assert_eq!(slot_of(&key("a")), slot_of(&key("a")));
+        assert_ne!(slot_of(&key("ab")), slot_of(&key("a")));
+        let split = FunctionKey {
+            namespace: "defaulta".into(),
+            name: "b".into(),
+        };
+        assert_ne!(slot_of(&split), slot_of(&key("ab")));
+    }
+
+    #[test]
+    fn prefixes_are_the_parents_of_bin() {
+        assert_eq!(
+            prefixes(Path::new("/nonexistent/py/bin/python3")),
+            [PathBuf::from("/nonexistent/py")]
+        );
+        assert!(prefixes(Path::new("/nonexistent-bin/python3")).is_empty());
+        assert!(prefixes(Path::new("python3")).is_empty());
+    }
+
+    #[test]
+    fn parses_cpu_ticks_after_the_command_name() {
+        let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 5";
+        assert_eq!(parse_cpu_ticks(stat), Some(300));
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
+
+    #[test]
+    fn cpu_backstop_covers_init_timeout_and_timeout() {
+        let spec = FunctionSpec {
+            namespace: "default".into(),
+            name: "f".into(),
+            version: "$LATEST".into(),
+            revision: 1,
+            runtime: Runtime::Python3,
+            handler: "index.main_handler".into(),
+            code_dir: "/srv/code".into(),
+            memory_mb: 128,
+            timeout: Duration::from_millis(3500),
+            init_timeout: Duration::from_secs(65),
+            environment: Vec::new(),
+            region: "ap-guangzhou".into(),
+            network: false,
+        };
+        assert_eq!(cpu_backstop_secs(&spec), 65 + 4 + 600);
+    }
+
+    #[test]
+    fn refuses_code_only_its_owner_can_read() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let set = |mode| {
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        };
+        set(0o700);
+        assert!(matches!(
+            check_code_dir(dir.path()),
+            Err(EngineError::CodeNotReadable { mode: 0o700, .. })
+        ));
+        set(0o755);
+        assert!(check_code_dir(dir.path()).is_ok());
+    }
+}

@@ -1,0 +1,248 @@
+//! The sandbox as the engine sets it up: a uid per function, namespaces, a read-only root with
+//! the code at `/var/user`, a private bounded `/tmp`, no network unless asked for, a contained
+//! and reported fork bomb, and `Isolation::None` for hosts without namespaces. These tests run
+//! as root, which the sandbox needs.
+
+mod common;
+
+use common::{Fixture, InstanceId, error, eventually, request, ret};
+use nimbus_engine::{Engine, EngineError, Isolation, Runtime};
+use nimbus_sandbox::DEFAULT_FIRST_ID;
+use serde_json::{Value, json};
+
+/// Reports who and where the handler is, and what each attempt the event asks for did.
+const PROBE: &str = r#"
+import errno, os, socket
+
+def attempt(action):
+    try:
+        return {"ok": True, "value": action()}
+    except OSError as e:
+        return {"ok": False, "errno": errno.errorcode.get(e.errno, str(e.errno))}
+
+def read(path):
+    with open(path) as f:
+        return f.read(100)
+
+def write(path):
+    with open(path, "w") as f:
+        return f.write("x")
+
+def connect(port):
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        return "connected"
+
+def main_handler(event, context):
+    result = {
+        "uid": os.getuid(), "gid": os.getgid(), "pid": os.getpid(),
+        "ns": os.readlink("/proc/self/ns/pid"),
+        "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
+        "hostname": socket.gethostname(), "cwd": os.getcwd(),
+        "code_root": os.environ.get("USER_CODE_ROOT"),
+        "read": {p: attempt(lambda: read(p)) for p in event.get("read", [])},
+        "write": {p: attempt(lambda: write(p)) for p in event.get("write", [])},
+        "tmp": sorted(os.listdir("/tmp")),
+    }
+    if "fill" in event:
+        result["fill"] = attempt(lambda: open("/tmp/fill", "wb").write(b"x" * event["fill"]))
+    if "connect" in event:
+        result["connect"] = attempt(lambda: connect(event["connect"]))
+    return result
+"#;
+
+fn failed_with(value: &Value, errno: &str) -> bool {
+    value["ok"] == false && value["errno"] == errno
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_run_apart_as_uids_of_their_own() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let engine = fixture.engine().await;
+    assert_eq!(engine.isolation(), Isolation::Sandbox);
+    assert!(engine.capabilities().namespaces.is_available());
+
+    let host_code = fixture.code.path().join("index.py");
+    let event = json!({
+        "read": [host_code, "/etc/shadow", "/root/.bashrc", "/var/user/index.py"],
+        "write": ["/var/user/x", "/etc/x", "/x", "/tmp/x"],
+    });
+    let a = ret(&engine
+        .invoke(
+            &fixture.spec("a", Runtime::Python3),
+            request("a1", event.clone()),
+        )
+        .await);
+    let b = ret(&engine
+        .invoke(
+            &fixture.spec("b", Runtime::Python3),
+            request("b1", event.clone()),
+        )
+        .await);
+
+    let first_id = u64::from(DEFAULT_FIRST_ID);
+    assert!(a["uid"].as_u64().expect("uid") >= first_id, "{a}");
+    assert_eq!(a["uid"], a["gid"]);
+    assert_ne!(a["uid"], b["uid"], "two functions share a uid");
+    assert_eq!(a["hostname"], "localhost");
+    assert_eq!(a["cwd"], "/var/user");
+    assert_eq!(a["code_root"], "/var/user");
+    // Only its own processes: the sandbox's init runs as root and is hidden.
+    assert_eq!(a["procs"], json!([a["pid"]]), "{a}");
+
+    let read = &a["read"];
+    assert!(
+        failed_with(&read[host_code.to_str().expect("utf-8")], "ENOENT"),
+        "{read}"
+    );
+    assert!(failed_with(&read["/etc/shadow"], "ENOENT"), "{read}");
+    assert!(failed_with(&read["/root/.bashrc"], "ENOENT"), "{read}");
+    assert_eq!(read["/var/user/index.py"]["ok"], true, "{read}");
+    let write = &a["write"];
+    for path in ["/var/user/x", "/etc/x", "/x"] {
+        assert!(failed_with(&write[path], "EROFS"), "{path}: {write}");
+    }
+    assert_eq!(write["/tmp/x"]["ok"], true, "{write}");
+    assert!(!fixture.code.path().join("x").exists());
+
+    // A new instance of the same function (another revision) keeps its uid.
+    let mut again = fixture.spec("a", Runtime::Python3);
+    again.revision = 2;
+    let a2 = ret(&engine.invoke(&again, request("a2", json!({}))).await);
+    assert_eq!(a2["uid"], a["uid"]);
+    assert_ne!(InstanceId::of(&a2), InstanceId::of(&a));
+    // Its /tmp is its own: the first instance's file is not there (the engine's shim
+    // directory may be, bound read-only: these tests keep it under /tmp).
+    let tmp = a2["tmp"].as_array().expect("listing");
+    assert!(!tmp.contains(&json!("x")), "{a2}");
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_is_loopback_only_unless_the_function_asks_for_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let engine = fixture.engine().await;
+
+    let mut spec = fixture.spec("offline", Runtime::Python3);
+    let event = json!({ "connect": port });
+    let offline = ret(&engine.invoke(&spec, request("r1", event.clone())).await);
+    assert!(
+        failed_with(&offline["connect"], "ECONNREFUSED"),
+        "{offline}"
+    );
+
+    spec.name = "online".into();
+    spec.network = true;
+    let online = ret(&engine.invoke(&spec, request("r2", event)).await);
+    assert_eq!(online["connect"]["value"], "connected", "{online}");
+    drop(listener);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmp_is_bounded() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let mut config = fixture.config().await;
+    config.tmp_bytes = 2 << 20;
+    let engine = Engine::new(config).expect("engine");
+    let spec = fixture.spec("filler", Runtime::Python3);
+    let small = ret(&engine
+        .invoke(&spec, request("r1", json!({"fill": 1 << 20})))
+        .await);
+    assert_eq!(small["fill"]["ok"], true, "{small}");
+    let large = ret(&engine
+        .invoke(&spec, request("r2", json!({"fill": 8 << 20})))
+        .await);
+    let errno = large["fill"]["errno"].as_str().unwrap_or_default();
+    assert!(["ENOSPC", "EFBIG"].contains(&errno), "{large}");
+    engine.shutdown().await;
+}
+
+const FORK_BOMB: &str = r#"
+import errno, os
+def main_handler(event, context):
+    spawned, failure = 0, None
+    try:
+        while spawned < 10000:
+            os.posix_spawn("/bin/sleep", ["sleep", "60"], {})
+            spawned += 1
+    except OSError as e:
+        failure = errno.errorcode.get(e.errno)
+    return {"spawned": spawned, "failure": failure, "pid": os.getpid(),
+            "ns": os.readlink("/proc/self/ns/pid")}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_is_contained_reported_and_its_instance_stopped() {
+    let fixture = Fixture::new(&[("index.py", FORK_BOMB)]);
+    let mut config = fixture.config().await;
+    config.max_processes = 8;
+    config.default_concurrency = 2;
+    let engine = Engine::new(config).expect("engine");
+    let spec = fixture.spec("bomb", Runtime::Python3);
+
+    let outcome = engine.invoke(&spec, request("r1", Value::Null)).await;
+    let value = ret(&outcome);
+    assert_eq!(value["failure"], "EAGAIN", "{value}");
+    // 16 processes and threads for the function's uid, the runtime being one of them.
+    assert!(value["spawned"].as_u64().expect("count") < 16, "{value}");
+    let reports: Vec<&str> = outcome
+        .log
+        .lines()
+        .filter(|line| line.starts_with("Process limit reached"))
+        .collect();
+    assert_eq!(reports.len(), 1, "{}", outcome.log);
+    let instance = InstanceId::of(&value);
+    eventually("the bomb's instance is stopped", || instance.gone()).await;
+    assert_eq!(engine.live_instances(), 0);
+
+    let next = engine.invoke(&spec, request("r2", Value::Null)).await;
+    assert!(next.cold_start);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn isolation_none_runs_as_the_server_in_the_code_directory() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let mut config = fixture.config().await;
+    config.sandbox.isolation = Isolation::None;
+    let engine = Engine::new(config).expect("engine");
+    assert_eq!(engine.isolation(), Isolation::None);
+    let spec = fixture.spec("plain", Runtime::Python3);
+    let value = ret(&engine.invoke(&spec, request("r1", json!({}))).await);
+    let code = fixture.code.path().to_str().expect("utf-8 path");
+    let canonical = fixture.code.path().canonicalize().expect("canonical");
+    assert_eq!(value["code_root"], code);
+    assert_eq!(value["cwd"], canonical.to_str().expect("utf-8 path"));
+    assert_eq!(value["uid"], nix::unistd::getuid().as_raw());
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_refuses_to_start_without_a_working_sandbox() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let mut config = fixture.config().await;
+    config.sandbox.staging_dir = "/nonexistent/staging".into();
+    assert!(matches!(
+        Engine::new(config),
+        Err(EngineError::SetUpSandbox(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_only_its_owner_can_read_fails_the_start() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    common::set_mode(fixture.code.path(), 0o700);
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(
+            &fixture.spec("private", Runtime::Python3),
+            request("r1", json!({})),
+        )
+        .await;
+    let (status, _) = error(&outcome);
+    assert_eq!(status, 500);
+    assert_eq!(engine.live_instances(), 0);
+    engine.shutdown().await;
+}
