@@ -13,8 +13,8 @@ use std::fmt::Write as _;
 
 use crate::report::{Group, Outcome};
 
-const WIDTH: f64 = 960.0;
-const LABEL_WIDTH: f64 = 330.0;
+const WIDTH: f64 = 1120.0;
+const LABEL_WIDTH: f64 = 430.0;
 const RIGHT_MARGIN: f64 = 30.0;
 const ROW_HEIGHT: f64 = 22.0;
 const TOP: f64 = 48.0;

@@ -85,24 +85,33 @@ pub fn markdown(report: &Report, chart: &str) -> String {
 const SCENARIOS: &str = "\
 - **warm**: a no-op function (`return None` / `async () => null`) invoked synchronously over \
 and over on 1 or 16 connections, legacy API (`InvokeFunction`, signature v1) and API 3.0 \
-(`Invoke`, TC3-HMAC-SHA256). Server config: `keep_alive_secs = 600`, `concurrency = 16`.
+(`Invoke`, TC3-HMAC-SHA256). Before the 16-connection runs, 2 s of unmeasured load lets the \
+pool grow to its working size. Server: `keep_alive_secs = 600`, `concurrency = 16`, \
+`memory_budget_mb` large enough for every instance the group keeps warm.
+- **mixed**: 100 no-op Python functions, all warmed once, invoked round-robin on 16 \
+connections (same server).
 - **cold, fresh**: `CreateFunction`, wait until `Active`, then time the first `Invoke` on an \
-already open connection. **cold, after reclaim**: the same functions once their instances were \
-stopped by keep-alive expiry (server config `keep_alive_secs = 1`; the suite waits until the \
+already open connection. **cold, after reclaim**: the same functions once their instances \
+were stopped by keep-alive expiry (server: `keep_alive_secs = 1`; the suite waits until the \
 instance processes are gone).
-- **async**: `Invoke` with `InvocationType=Event` on 16 connections; accepted events per second \
-(each is committed to the database before the answer).
 - **idle PSS**: after one invocation of a fresh function, the proportional set size \
-(`/proc/<pid>/smaps_rollup`) of every process that appeared under the server for it, 0.5 s later.
-- **mixed**: 100 no-op Python functions, all warmed once, invoked round-robin on 16 connections.
+(`/proc/<pid>/smaps_rollup`) of every process that appeared under the server for it, 0.5 s \
+later (server defaults).
+- **async**: `Invoke` with `InvocationType=Event` on 16 connections; events accepted per \
+second (each is committed to the database before the answer). Server: `[queue]` limits raised \
+so that the accept rate, not the back-pressure limit, is measured.
 - **baselines**: a bare axum hello-world server inside the suite's binary (on its own runtime \
-thread) answering an API-3.0-shaped JSON to the same signed requests; `python3 -S -c pass` with \
-the real interpreter (`sys.executable`); `node -e 0` with a clean environment; fork+exec of \
-`/bin/true`; SQLite (WAL, `synchronous=FULL`) inserting one row per transaction; the PSS of a \
-fresh `python3 -S -c 'import time; time.sleep(5)'`.
-- **peers** (`--peers`): Google's functions-framework for Python (its default gunicorn server), \
-`lambda-local` in HTTP mode (`--watch`), and `workerd` serving a no-op Worker, each receiving \
-the same signed API 3.0 request bodies (which they ignore) from the same load generator.
+thread) answering an API-3.0-shaped JSON to the same signed requests; `python3 -S -c pass` \
+with the real interpreter (`sys.executable`); `node -e 0` with a clean environment; fork+exec \
+of `/bin/true`; SQLite (WAL, `synchronous=FULL`) inserting one row per transaction; the PSS of \
+a fresh `python3 -S -c 'import time; time.sleep(5)'`.
+- **peers** (`--peers`): Google's functions-framework for Python (its default gunicorn \
+server), `lambda-local` in HTTP mode (`--watch`), and `workerd` serving a no-op Worker, each \
+receiving the same signed API 3.0 request bodies (which they ignore) from the same load \
+generator.
+
+The load generator is single-threaded (one core), shared by every row, so the bare server's \
+row is the limit of this generator and this machine together.
 ";
 
 #[cfg(test)]

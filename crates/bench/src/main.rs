@@ -68,6 +68,8 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One thread: the load generator takes at most one core and leaves the other to the
+    // server under test, the same for Nimbus, the bare baseline and every peer.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

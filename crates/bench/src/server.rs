@@ -73,22 +73,56 @@ pub fn nimbus_binary() -> anyhow::Result<PathBuf> {
         .context("cargo built no nimbus executable")
 }
 
-/// The server settings a group of scenarios needs.
-#[derive(Debug, Clone, Copy)]
+/// The server settings a group of scenarios needs. `None` leaves a key out of the file, so the
+/// server's default applies.
+#[derive(Debug, Clone, Copy, Default)]
 pub struct ServerConfig {
     /// `[engine] keep_alive_secs`.
-    pub keep_alive_secs: u64,
+    pub keep_alive_secs: Option<u64>,
     /// `[engine] concurrency`.
-    pub concurrency: u32,
+    pub concurrency: Option<u32>,
+    /// `[engine] memory_budget_mb`: room for every instance a scenario keeps warm.
+    pub memory_budget_mb: Option<u64>,
+    /// `[queue] max_pending_per_function` and `max_pending`: room for every event a run
+    /// accepts, so the accept rate is measured rather than the back-pressure limit.
+    pub queue_max_pending: Option<u64>,
 }
 
 impl ServerConfig {
     /// The config file's text.
     fn toml(&self) -> String {
-        format!(
-            "region = \"ap-guangzhou\"\n\n[engine]\nkeep_alive_secs = {}\nconcurrency = {}\n",
-            self.keep_alive_secs, self.concurrency
-        )
+        let mut engine = String::new();
+        if let Some(secs) = self.keep_alive_secs {
+            engine.push_str(&format!("keep_alive_secs = {secs}\n"));
+        }
+        if let Some(concurrency) = self.concurrency {
+            engine.push_str(&format!("concurrency = {concurrency}\n"));
+        }
+        if let Some(mb) = self.memory_budget_mb {
+            engine.push_str(&format!("memory_budget_mb = {mb}\n"));
+        }
+        let mut text = String::from("region = \"ap-guangzhou\"\n");
+        if !engine.is_empty() {
+            text.push_str("\n[engine]\n");
+            text.push_str(&engine);
+        }
+        if let Some(pending) = self.queue_max_pending {
+            text.push_str(&format!(
+                "\n[queue]\nmax_pending_per_function = {pending}\nmax_pending = {pending}\n"
+            ));
+        }
+        text
+    }
+
+    /// A one-line description for progress output: the keys it sets, or "defaults".
+    pub fn describe(&self) -> String {
+        let text = self.toml();
+        let lines: Vec<&str> = text.lines().skip(1).filter(|l| !l.is_empty()).collect();
+        if lines.is_empty() {
+            "defaults".into()
+        } else {
+            lines.join(" ")
+        }
     }
 }
 
@@ -189,5 +223,39 @@ impl Server {
     /// The end of its log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
         process::log_tail(&self.log, lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_names_only_the_keys_it_sets() {
+        let plain = ServerConfig {
+            keep_alive_secs: Some(1),
+            ..ServerConfig::default()
+        };
+        assert_eq!(
+            plain.toml(),
+            "region = \"ap-guangzhou\"\n\n[engine]\nkeep_alive_secs = 1\n"
+        );
+        let full = ServerConfig {
+            keep_alive_secs: Some(600),
+            concurrency: Some(16),
+            memory_budget_mb: Some(16384),
+            queue_max_pending: Some(1_000_000),
+        };
+        let parsed: toml::Table = toml::from_str(&full.toml()).expect("valid toml");
+        assert_eq!(
+            parsed["engine"]["memory_budget_mb"].as_integer(),
+            Some(16384)
+        );
+        assert_eq!(parsed["queue"]["max_pending"].as_integer(), Some(1_000_000));
+        assert_eq!(
+            full.describe(),
+            "[engine] keep_alive_secs = 600 concurrency = 16 memory_budget_mb = 16384 [queue] \
+             max_pending_per_function = 1000000 max_pending = 1000000"
+        );
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! ```text
 //!   baselines (no server) ─► warm server ─► memory server ─► cold server ─► async server ─► peers
-//!                            keep-alive 600 s  default        keep-alive 1 s  default
-//!                            concurrency 16
+//!                            keep-alive 600 s  defaults       keep-alive 1 s  queue limits
+//!                            concurrency 16                                   raised
+//!                            memory budget for
+//!                            every warm instance
 //! ```
 //!
 //! Each server is started for its group of scenarios with a fresh data directory and stopped
@@ -165,6 +167,17 @@ const NODE_NOOP: &str = "noop-node";
 const SCALE_UP: Duration = Duration::from_secs(2);
 /// How many functions the mixed run spreads over.
 const MIXED_FUNCTIONS: usize = 100;
+/// The warm scenarios' server: instances never expire during the run, 16 of them may serve
+/// one function, and the memory budget holds every instance the group keeps warm (128 MB
+/// each: the mixed run's functions and 16 per no-op function).
+const WARM_SERVER: ServerConfig = ServerConfig {
+    keep_alive_secs: Some(600),
+    concurrency: Some(16),
+    memory_budget_mb: Some((MIXED_FUNCTIONS as u64 + 2 * 16) * 128),
+    queue_max_pending: None,
+};
+/// Room in the async queue for every event the async run can accept.
+const ASYNC_MAX_PENDING: u64 = 1_000_000;
 
 impl Suite {
     /// A suite that will start `nimbus`.
@@ -235,7 +248,8 @@ impl Suite {
         self.outcomes.push(outcome);
     }
 
-    fn start_server(&self, config: ServerConfig) -> anyhow::Result<Server> {
+    fn start_server(&self, group: &str, config: ServerConfig) -> anyhow::Result<Server> {
+        eprintln!("{group} server: {}", config.describe());
         Server::start(&self.nimbus, &self.credentials, config)
     }
 
@@ -364,7 +378,7 @@ impl Suite {
         }
 
         if self.wants("baseline.sqlite_flush") {
-            let title = "SQLite insert, one flush per row (WAL, synchronous=FULL)";
+            let title = "SQLite, one flush per row (WAL, synchronous=FULL)";
             match blocking(move || baselines::sqlite_flush(budget.rounds, budget.round)).await {
                 Ok(flush) => self.push(
                     Outcome::new("baseline.sqlite_flush", title, Group::Baseline)
@@ -421,11 +435,7 @@ impl Suite {
         if !ids.iter().any(|id| self.wants(id)) {
             return Ok(());
         }
-        eprintln!("warm server (keep_alive_secs = 600, concurrency = 16)");
-        let server = self.start_server(ServerConfig {
-            keep_alive_secs: 600,
-            concurrency: 16,
-        })?;
+        let server = self.start_server("warm", WARM_SERVER)?;
         let target = server.target(&self.credentials);
         let mut client = Client::new(target.clone());
 
@@ -563,12 +573,8 @@ impl Suite {
         if !self.wants(id) {
             return Ok(());
         }
-        eprintln!("memory server (default keep-alive)");
         let title = "PSS of an idle warm Python instance";
-        let server = self.start_server(ServerConfig {
-            keep_alive_secs: 600,
-            concurrency: 8,
-        })?;
+        let server = self.start_server("memory", ServerConfig::default())?;
         let mut client = Client::new(server.target(&self.credentials));
         let mut samples = vec![Vec::new(); self.budget.rounds];
         let mut failures = Failures::default();
@@ -628,11 +634,11 @@ impl Suite {
             return Ok(());
         }
         let keep_alive_secs = 1;
-        eprintln!("cold server (keep_alive_secs = {keep_alive_secs})");
-        let server = self.start_server(ServerConfig {
-            keep_alive_secs,
-            concurrency: 8,
-        })?;
+        let config = ServerConfig {
+            keep_alive_secs: Some(keep_alive_secs),
+            ..ServerConfig::default()
+        };
+        let server = self.start_server("cold", config)?;
         for runtime in runtimes {
             let (fresh, reclaimed) = self
                 .cold_starts(&server, runtime, Duration::from_secs(keep_alive_secs))
@@ -732,12 +738,12 @@ impl Suite {
         if !self.wants(id) {
             return Ok(());
         }
-        eprintln!("async server (default keep-alive)");
         let title = "async Invoke (Event) accepted, API 3.0, 16 conn";
-        let server = self.start_server(ServerConfig {
-            keep_alive_secs: 600,
-            concurrency: 8,
-        })?;
+        let config = ServerConfig {
+            queue_max_pending: Some(ASYNC_MAX_PENDING),
+            ..ServerConfig::default()
+        };
+        let server = self.start_server("async", config)?;
         let target = server.target(&self.credentials);
         let mut client = Client::new(target.clone());
         let ready = match deploy(&mut client, PYTHON_NOOP, Runtime::Python).await {

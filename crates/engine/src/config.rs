@@ -7,7 +7,7 @@
 //! | limit | default | how |
 //! |---|---|---|
 //! | memory | the function's `memory_mb` | cgroup `memory.max` where delegated, else `RLIMIT_DATA` (`memory_mb` + runtime headroom, see `memory.rs`) and a watchdog on resident memory |
-//! | processes and threads | [`DEFAULT_MAX_PROCESSES`] per instance | `RLIMIT_NPROC` = that × [`EngineConfig::default_concurrency`], since all instances of a function share its uid; an instance found above its share after an invocation is reported in the log and stopped |
+//! | processes and threads | [`DEFAULT_MAX_PROCESSES`] per instance | `RLIMIT_NPROC` = that × [`EngineConfig::default_concurrency`], since all instances of a function share its uid (unsandboxed: the server's own limit); an instance found above its share after an invocation is reported in the log and stopped |
 //! | open files | [`DEFAULT_MAX_OPEN_FILES`] per process | `RLIMIT_NOFILE` |
 //! | `/tmp` | [`DEFAULT_TMP_BYTES`] per instance | size of its private tmpfs |
 //! | file size | the `/tmp` size | `RLIMIT_FSIZE` |

@@ -33,6 +33,7 @@
 //! backstop; either stops the instance. The sandbox is released (its cgroup emptied and
 //! removed, its uid given back) only after the waiter is reaped.
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -240,7 +241,12 @@ impl Instance {
         // An empty marker never matches: everything printed while starting is kept.
         let mut boot = LogCollector::new(Vec::new(), log_limit);
         let frame = self.next_frame(deadline, &mut boot).await;
-        if !matches!(frame, Ok(Some(_))) {
+        if matches!(frame, Ok(Some(_))) {
+            // The shim prints what loading printed before it says it is ready, but the frame
+            // may be read first: keep that output for the first invocation's log rather than
+            // discard it as output between invocations.
+            self.read_pending_output(&mut boot);
+        } else {
             self.kill();
             self.drain_log(&mut boot).await;
         }
@@ -463,6 +469,20 @@ impl Instance {
             tokio::select! {
                 read = self.log.read(&mut self.scratch) => self.take_log_read(read, log),
                 () = sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    /// Reads what the log pipe holds right now, without waiting. The read goes to the
+    /// descriptor itself: tokio's cached readiness may lag behind bytes written just before a
+    /// frame.
+    fn read_pending_output(&mut self, log: &mut LogCollector) {
+        while self.log_open {
+            match nix::unistd::read(self.log.as_raw_fd(), &mut self.scratch) {
+                Ok(0) => self.log_open = false,
+                Ok(n) => log.push(&self.scratch[..n]),
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => break,
             }
         }
     }

@@ -40,6 +40,9 @@
 //!   namespace (or pass it a Unix socket) so that custom runtimes can run without network too.
 //! - The process count that reports a fork bomb is read after each invocation: a bomb that
 //!   ended by itself before the invocation did is not reported (it was contained all the same).
+//! - Servers on one host that share a uid range may give two functions the same uid; those
+//!   stay apart (namespaces, private roots) but share `RLIMIT_NPROC`. Give each server a range
+//!   of its own (`SandboxConfig::first_id`; not exposed by `nimbus serve` yet).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -49,6 +52,7 @@ use std::time::Duration;
 use nimbus_sandbox::{
     Capabilities, InstanceSpec, Isolation, Limits, MemoryEnforcement, Network, Plan, Sandbox,
 };
+use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
 
 use crate::config::CPU_BACKSTOP_MARGIN;
 use crate::pool::FunctionKey;
@@ -168,15 +172,21 @@ impl Isolator {
             _uid: uid,
             isolation,
             max_processes: self.max_processes,
-            nproc: limits.nproc,
             cpu_secs: limits.cpu_secs,
         })
     }
 
     /// `RLIMIT_NPROC`: every instance of a function runs as its uid, so the limit is the
-    /// per-instance allowance times the instances a function may have.
+    /// per-instance allowance times the instances a function may have. Unsandboxed, instances
+    /// run as the server's user, whose count includes the server and every other function: the
+    /// server's own limit stays (root is not bound by it anyway).
     fn nproc(&self) -> u64 {
-        self.max_processes.saturating_mul(self.concurrency.max(1))
+        match self.isolation() {
+            Isolation::Sandbox => self.max_processes.saturating_mul(self.concurrency.max(1)),
+            Isolation::None => {
+                getrlimit(Resource::RLIMIT_NPROC).map_or(RLIM_INFINITY, |(_, hard)| hard)
+            }
+        }
     }
 }
 
@@ -191,7 +201,6 @@ pub(crate) struct InstanceSandbox {
     _uid: IdLease,
     isolation: Isolation,
     max_processes: u64,
-    nproc: u64,
     cpu_secs: u64,
 }
 
@@ -234,8 +243,8 @@ impl InstanceSandbox {
         }
         Some(format!(
             "Process limit reached: {tasks} processes and threads were running in this \
-             instance ({} allowed per instance, {} per function); the instance is stopped.",
-            self.max_processes, self.nproc
+             instance, which may run {}; the instance is stopped.",
+            self.max_processes
         ))
     }
 

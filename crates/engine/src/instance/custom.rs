@@ -197,8 +197,14 @@ impl Instance {
         }
     }
 
-    /// Whether the program is gone: its control socket reads end of file without waiting.
+    /// Whether the program is gone: the spawned process has exited, or its control socket
+    /// reads end of file without waiting. The exit is checked first: a process the program
+    /// started (a subshell still blocked on `/next`, say) can keep the socket open after the
+    /// program itself died.
     fn control_closed(&mut self) -> bool {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return true;
+        }
         let mut discard = [0u8; 256];
         loop {
             match self.control.try_read(&mut discard) {
