@@ -107,3 +107,32 @@ def test_the_memory_budget_evicts_the_least_recently_used_idle_instance(server_f
     assert count_of(sdk.invoke(c, {"return": "count"})) == 2
     assert count_of(sdk.invoke(a, {"return": "count"})) == 1  # a started again (evicting b)
     assert count_of(sdk.invoke(c, {"return": "count"})) == 3  # c stayed warm
+
+
+CONNECT = """
+import socket
+def main_handler(event, context):
+    try:
+        socket.create_connection(("127.0.0.1", event["port"]), timeout=3).close()
+        return "connected"
+    except OSError as error:
+        return "refused: %s" % error
+"""
+
+
+def test_public_net_config_turns_the_host_network_on_and_off(server):
+    sdk = Api3.for_server(server)
+    name = unique_name("net")
+    create(sdk, name, py_zip(CONNECT), Timeout=10)
+    assert sdk.get(name)["PublicNetConfig"]["PublicNetStatus"] == "DISABLE"
+    event = {"port": server.port}
+    assert json.loads(sdk.invoke(name, event)["RetMsg"]).startswith("refused")
+
+    sdk.call("UpdateFunctionConfiguration", FunctionName=name,
+             PublicNetConfig={"PublicNetStatus": "ENABLE"})
+    assert sdk.get(name)["PublicNetConfig"]["PublicNetStatus"] == "ENABLE"
+    assert json.loads(sdk.invoke(name, event)["RetMsg"]) == "connected"
+
+    sdk.call("UpdateFunctionConfiguration", FunctionName=name,
+             PublicNetConfig={"PublicNetStatus": "DISABLE"})
+    assert json.loads(sdk.invoke(name, event)["RetMsg"]).startswith("refused")

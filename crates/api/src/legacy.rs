@@ -142,6 +142,8 @@ fn settings(params: &Params<'_>) -> Result<FunctionSettings, ApiError> {
         timeout: params.u32("timeout", "InvalidParameterValue.Timeout")?,
         environment: params.environment("environment")?,
         code: params.get("code").map(str::to_owned),
+        // The legacy API has no network setting: functions keep the default (none).
+        public_net: None,
     })
 }
 

@@ -588,9 +588,9 @@ fn function_spec(control: &Control, record: &FunctionRecord, region: &str) -> Fu
         init_timeout: nimbus_engine::DEFAULT_INIT_TIMEOUT,
         environment: record.environment.clone(),
         region: region.to_owned(),
-        // No network by default: the instance has only its own loopback. The API has no
-        // setting for it yet.
-        network: false,
+        // No network unless the function asks for it (PublicNetConfig): the instance then has
+        // only its own loopback.
+        network: record.public_net,
     }
 }
 

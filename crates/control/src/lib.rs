@@ -92,6 +92,8 @@ pub struct FunctionSettings {
     pub environment: Option<Vec<(String, String)>>,
     /// The zip package, base64 (an `@` prefix is allowed).
     pub code: Option<String>,
+    /// Whether instances reach the host network.
+    pub public_net: Option<bool>,
 }
 
 /// Function management over a store and a code folder. Cheap to clone.
@@ -188,6 +190,7 @@ impl Control {
             mod_time: now,
             async_retry_num: rules::DEFAULT_RETRY_NUM,
             async_msg_ttl: rules::MAX_MSG_TTL_SECS,
+            public_net: settings.public_net.unwrap_or(false),
         };
         match self.store.insert_function(record.clone()).await? {
             InsertFunction::Inserted => {}
@@ -240,6 +243,9 @@ impl Control {
         if let Some(environment) = settings.environment {
             rules::check_environment(&environment)?;
             next.environment = environment;
+        }
+        if let Some(public_net) = settings.public_net {
+            next.public_net = public_net;
         }
 
         let _guard = self.code_lock.lock().await;

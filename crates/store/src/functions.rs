@@ -38,6 +38,8 @@ pub struct FunctionRecord {
     pub async_retry_num: u32,
     /// How long an accepted async event may wait to run, seconds (SCF's `MsgTTL`).
     pub async_msg_ttl: u32,
+    /// Whether instances reach the host network (SCF's `PublicNetConfig`).
+    pub public_net: bool,
 }
 
 /// What [`Store::insert_function`] did.
@@ -81,7 +83,7 @@ pub struct FunctionQuery {
 
 const COLUMNS: &str = "namespace, function_name, handler, runtime, description, memory_size, \
      timeout, environment, code_sha256, code_size, revision, add_time, mod_time, \
-     async_retry_num, async_msg_ttl";
+     async_retry_num, async_msg_ttl, public_net";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
     let record = FunctionRecord {
@@ -100,6 +102,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
         mod_time: row.get(12)?,
         async_retry_num: row.get(13)?,
         async_msg_ttl: row.get(14)?,
+        public_net: row.get(15)?,
     };
     Ok((record, row.get(7)?))
 }
@@ -131,7 +134,7 @@ impl Store {
             let inserted = conn.execute(
                 &format!(
                     "INSERT OR IGNORE INTO functions ({COLUMNS}) \
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15 \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16 \
                      WHERE EXISTS (SELECT 1 FROM namespaces WHERE namespace = ?1)"
                 ),
                 params![
@@ -150,6 +153,7 @@ impl Store {
                     record.mod_time,
                     record.async_retry_num,
                     record.async_msg_ttl,
+                    record.public_net,
                 ],
             )?;
             if inserted == 1 {
@@ -184,7 +188,7 @@ impl Store {
                 "UPDATE functions SET handler = ?3, runtime = ?4, description = ?5, \
                  memory_size = ?6, timeout = ?7, environment = ?8, code_sha256 = ?9, \
                  code_size = ?10, revision = ?11, mod_time = ?12, async_retry_num = ?14, \
-                 async_msg_ttl = ?15 \
+                 async_msg_ttl = ?15, public_net = ?16 \
                  WHERE namespace = ?1 AND function_name = ?2 AND revision = ?13",
                 params![
                     record.namespace,
@@ -202,6 +206,7 @@ impl Store {
                     expected_revision,
                     record.async_retry_num,
                     record.async_msg_ttl,
+                    record.public_net,
                 ],
             )?;
             Ok(updated == 1)
@@ -345,6 +350,7 @@ mod tests {
             mod_time: add_time,
             async_retry_num: 2,
             async_msg_ttl: 86400,
+            public_net: false,
         }
     }
 

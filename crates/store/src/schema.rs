@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS functions (
@@ -109,6 +109,12 @@ ALTER TABLE functions ADD COLUMN async_msg_ttl INTEGER NOT NULL DEFAULT 86400;
 ALTER TABLE invocations ADD COLUMN retry_num INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 4: whether a function's instances reach the host network (SCF's
+/// `PublicNetConfig`); off by default.
+const SCHEMA_V4: &str = "
+ALTER TABLE functions ADD COLUMN public_net INTEGER NOT NULL DEFAULT 0;
+";
+
 /// Applies connection settings and creates or upgrades the schema.
 pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     // WAL lets readers proceed while a write commits; NORMAL sync in WAL mode loses nothing on
@@ -132,6 +138,12 @@ pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     if version < 3 {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA_V3)?;
+        tx.pragma_update(None, "user_version", 3)?;
+        tx.commit()?;
+    }
+    if version < 4 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA_V4)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }

@@ -28,7 +28,6 @@ const IGNORED_FUNCTION_FIELDS: &[&str] = &[
     "VpcConfig",
     "InstallDependency",
     "TraceEnable",
-    "PublicNetConfig",
     "DnsCache",
     "IntranetConfig",
     "AutoDeployClsTopicIndex",
@@ -112,6 +111,34 @@ fn environment(input: &mut Input) -> Result<Option<Vec<(String, String)>>, ApiEr
     Ok(Some(variables))
 }
 
+/// `PublicNetConfig.PublicNetStatus`: `ENABLE` gives instances the host network.
+fn public_net(input: &mut Input) -> Result<Option<bool>, ApiError> {
+    let Some(mut config) = input.object("PublicNetConfig")? else {
+        return Ok(None);
+    };
+    let status = match config.string("PublicNetStatus")?.as_deref() {
+        None | Some("") => None,
+        Some("ENABLE") => Some(true),
+        Some("DISABLE") => Some(false),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "InvalidParameterValue.PublicNetStatus",
+                format!("PublicNetStatus {other:?} is invalid; use ENABLE or DISABLE"),
+            ));
+        }
+    };
+    if let Some(mut eip) = config.object("EipConfig")? {
+        if eip.string("EipStatus")?.as_deref() == Some("ENABLE") {
+            return Err(ApiError::Unsupported(
+                "fixed egress IPs (EipConfig) are not supported".into(),
+            ));
+        }
+        eip.finish()?;
+    }
+    config.finish()?;
+    Ok(status)
+}
+
 /// `Code.ZipFile` (or a top-level `ZipFile`); other code sources are refused.
 fn zip_file(input: &mut Input) -> Result<Option<String>, ApiError> {
     let mut zip = input.string("ZipFile")?;
@@ -171,6 +198,7 @@ async fn create_function(state: &ApiState, mut input: Input) -> Answer {
         memory_size: input.u32("MemorySize")?,
         timeout: input.u32("Timeout")?,
         environment: environment(&mut input)?,
+        public_net: public_net(&mut input)?,
     };
     function_type(&mut input)?;
     if input.flag("AsyncRunEnable")? == Some(true) {
@@ -225,6 +253,7 @@ async fn update_function_configuration(state: &ApiState, mut input: Input) -> An
         memory_size: input.u32("MemorySize")?,
         timeout: input.u32("Timeout")?,
         environment: environment(&mut input)?,
+        public_net: public_net(&mut input)?,
         ..FunctionSettings::default()
     };
     refuse_publish(&mut input)?;
@@ -286,6 +315,13 @@ async fn get_function(state: &ApiState, mut input: Input) -> Answer {
         ("ErrNo", json!(0)),
         ("AvailableStatus", json!("Available")),
         ("AsyncRunEnable", json!("FALSE")),
+        (
+            "PublicNetConfig",
+            json!({
+                "PublicNetStatus": if record.public_net { "ENABLE" } else { "DISABLE" },
+                "EipConfig": { "EipStatus": "DISABLE", "EipAddress": [] },
+            }),
+        ),
     ] {
         view.insert(key.into(), value);
     }
