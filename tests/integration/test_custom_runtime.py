@@ -20,8 +20,8 @@ from helpers import b64, unique_name
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHELL_EXAMPLE = REPO_ROOT / "examples" / "custom-shell"
 RUNTIME = "CustomRuntime"
-# The API ignores InitTimeout, so a runtime that never says ready fails after SCF's default.
-DEFAULT_INIT_TIMEOUT_S = 65
+# A runtime that never says ready fails after the function's InitTimeout.
+INIT_TIMEOUT_S = 5
 
 # Shared by the broken bootstraps: `http METHOD PATH [BODY]` sets status, request_id and body.
 PRELUDE = r"""#!/bin/bash
@@ -247,13 +247,14 @@ done
 def test_never_ready_is_450(sdk):
     name = unique_name("custom-noready")
     sdk.create(name, bootstrap_zip('echo "never ready"\nexec sleep 600\n'), handler="x",
-               runtime=RUNTIME)
+               runtime=RUNTIME, InitTimeout=INIT_TIMEOUT_S)
+    assert sdk.get(name)["InitTimeout"] == INIT_TIMEOUT_S
     started = time.monotonic()
     result = sdk.invoke(name, {}, LogType="Tail")
     elapsed = time.monotonic() - started
     assert err_of(result)["statusCode"] == 450
     assert "never ready" in result["Log"], result["Log"]
-    assert DEFAULT_INIT_TIMEOUT_S - 1 <= elapsed < DEFAULT_INIT_TIMEOUT_S + 30, elapsed
+    assert INIT_TIMEOUT_S - 1 <= elapsed < INIT_TIMEOUT_S + 20, elapsed
 
 
 def test_custom_runtime_environment(sdk):

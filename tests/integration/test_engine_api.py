@@ -136,3 +136,17 @@ def test_public_net_config_turns_the_host_network_on_and_off(server):
     sdk.call("UpdateFunctionConfiguration", FunctionName=name,
              PublicNetConfig={"PublicNetStatus": "DISABLE"})
     assert json.loads(sdk.invoke(name, event)["RetMsg"]).startswith("refused")
+
+
+def test_init_timeout_is_stored_and_bounded(server):
+    from api3_helpers import sdk_code
+
+    sdk = Api3.for_server(server)
+    name = unique_name("init")
+    create(sdk, name, toolbox_zip(), InitTimeout=20)
+    assert sdk.get(name)["InitTimeout"] == 20
+    sdk.call("UpdateFunctionConfiguration", FunctionName=name, InitTimeout=30)
+    assert sdk.get(name)["InitTimeout"] == 30
+    error = sdk.error("UpdateFunctionConfiguration", FunctionName=name, InitTimeout=301)
+    assert sdk_code(error) == "InvalidParameterValue.InitTimeout"
+    assert sdk.get(name)["InitTimeout"] == 30

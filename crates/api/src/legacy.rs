@@ -144,6 +144,7 @@ fn settings(params: &Params<'_>) -> Result<FunctionSettings, ApiError> {
         code: params.get("code").map(str::to_owned),
         // The legacy API has no network setting: functions keep the default (none).
         public_net: None,
+        init_timeout: None,
     })
 }
 

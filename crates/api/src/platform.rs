@@ -585,7 +585,7 @@ fn function_spec(control: &Control, record: &FunctionRecord, region: &str) -> Fu
         code_dir: control.code_dir(record),
         memory_mb: record.memory_size,
         timeout: Duration::from_secs(u64::from(record.timeout)),
-        init_timeout: nimbus_engine::DEFAULT_INIT_TIMEOUT,
+        init_timeout: Duration::from_secs(u64::from(record.init_timeout)),
         environment: record.environment.clone(),
         region: region.to_owned(),
         // No network unless the function asks for it (PublicNetConfig): the instance then has

@@ -94,6 +94,8 @@ pub struct FunctionSettings {
     pub code: Option<String>,
     /// Whether instances reach the host network.
     pub public_net: Option<bool>,
+    /// Longest instance start-up, seconds.
+    pub init_timeout: Option<u32>,
 }
 
 /// Function management over a store and a code folder. Cheap to clone.
@@ -157,6 +159,10 @@ impl Control {
         rules::check_timeout(timeout, limits)?;
         let environment = settings.environment.unwrap_or_default();
         rules::check_environment(&environment)?;
+        let init_timeout = settings
+            .init_timeout
+            .unwrap_or(rules::DEFAULT_INIT_TIMEOUT_SECS);
+        rules::check_init_timeout(init_timeout)?;
         if self.store.get_namespace(namespace).await?.is_none() {
             return Err(ControlError::NamespaceNotFound(namespace.to_owned()));
         }
@@ -191,6 +197,7 @@ impl Control {
             async_retry_num: rules::DEFAULT_RETRY_NUM,
             async_msg_ttl: rules::MAX_MSG_TTL_SECS,
             public_net: settings.public_net.unwrap_or(false),
+            init_timeout,
         };
         match self.store.insert_function(record.clone()).await? {
             InsertFunction::Inserted => {}
@@ -246,6 +253,10 @@ impl Control {
         }
         if let Some(public_net) = settings.public_net {
             next.public_net = public_net;
+        }
+        if let Some(init_timeout) = settings.init_timeout {
+            rules::check_init_timeout(init_timeout)?;
+            next.init_timeout = init_timeout;
         }
 
         let _guard = self.code_lock.lock().await;

@@ -61,6 +61,28 @@ pub const MAX_ENVIRONMENT_BYTES: usize = 4096;
 /// Longest description.
 pub const MAX_DESCRIPTION_CHARS: usize = 1000;
 
+/// Init timeout unless configured otherwise, seconds (SCF: 65).
+pub const DEFAULT_INIT_TIMEOUT_SECS: u32 = 65;
+/// Longest init timeout, seconds.
+pub const MAX_INIT_TIMEOUT_SECS: u32 = 300;
+
+/// Checks an init timeout.
+///
+/// # Errors
+/// `InvalidParameterValue.InitTimeout`.
+pub fn check_init_timeout(init_timeout: u32) -> Result<(), ControlError> {
+    if (1..=MAX_INIT_TIMEOUT_SECS).contains(&init_timeout) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "InvalidParameterValue.InitTimeout",
+            format!(
+                "InitTimeout {init_timeout} is invalid: use 1 to {MAX_INIT_TIMEOUT_SECS} seconds"
+            ),
+        ))
+    }
+}
+
 /// Namespaces a node holds at most (`default` included).
 pub const MAX_NAMESPACES: usize = 100;
 
@@ -509,6 +531,14 @@ mod tests {
         assert!(check_timeout(300, &limits).is_ok());
         assert!(check_timeout(0, &limits).is_err());
         assert!(check_timeout(301, &limits).is_err());
+    }
+
+    #[test]
+    fn bounds_the_init_timeout() {
+        assert!(check_init_timeout(1).is_ok());
+        assert!(check_init_timeout(300).is_ok());
+        assert!(check_init_timeout(0).is_err());
+        assert!(check_init_timeout(301).is_err());
     }
 
     #[test]

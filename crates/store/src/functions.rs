@@ -40,6 +40,8 @@ pub struct FunctionRecord {
     pub async_msg_ttl: u32,
     /// Whether instances reach the host network (SCF's `PublicNetConfig`).
     pub public_net: bool,
+    /// Longest start-up of an instance, seconds (SCF's `InitTimeout`).
+    pub init_timeout: u32,
 }
 
 /// What [`Store::insert_function`] did.
@@ -83,7 +85,7 @@ pub struct FunctionQuery {
 
 const COLUMNS: &str = "namespace, function_name, handler, runtime, description, memory_size, \
      timeout, environment, code_sha256, code_size, revision, add_time, mod_time, \
-     async_retry_num, async_msg_ttl, public_net";
+     async_retry_num, async_msg_ttl, public_net, init_timeout";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
     let record = FunctionRecord {
@@ -103,6 +105,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
         async_retry_num: row.get(13)?,
         async_msg_ttl: row.get(14)?,
         public_net: row.get(15)?,
+        init_timeout: row.get(16)?,
     };
     Ok((record, row.get(7)?))
 }
@@ -134,7 +137,7 @@ impl Store {
             let inserted = conn.execute(
                 &format!(
                     "INSERT OR IGNORE INTO functions ({COLUMNS}) \
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16 \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17 \
                      WHERE EXISTS (SELECT 1 FROM namespaces WHERE namespace = ?1)"
                 ),
                 params![
@@ -154,6 +157,7 @@ impl Store {
                     record.async_retry_num,
                     record.async_msg_ttl,
                     record.public_net,
+                    record.init_timeout,
                 ],
             )?;
             if inserted == 1 {
@@ -188,7 +192,7 @@ impl Store {
                 "UPDATE functions SET handler = ?3, runtime = ?4, description = ?5, \
                  memory_size = ?6, timeout = ?7, environment = ?8, code_sha256 = ?9, \
                  code_size = ?10, revision = ?11, mod_time = ?12, async_retry_num = ?14, \
-                 async_msg_ttl = ?15, public_net = ?16 \
+                 async_msg_ttl = ?15, public_net = ?16, init_timeout = ?17 \
                  WHERE namespace = ?1 AND function_name = ?2 AND revision = ?13",
                 params![
                     record.namespace,
@@ -207,6 +211,7 @@ impl Store {
                     record.async_retry_num,
                     record.async_msg_ttl,
                     record.public_net,
+                    record.init_timeout,
                 ],
             )?;
             Ok(updated == 1)
@@ -351,6 +356,7 @@ mod tests {
             async_retry_num: 2,
             async_msg_ttl: 86400,
             public_net: false,
+            init_timeout: 65,
         }
     }
 

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS functions (
@@ -115,6 +115,11 @@ const SCHEMA_V4: &str = "
 ALTER TABLE functions ADD COLUMN public_net INTEGER NOT NULL DEFAULT 0;
 ";
 
+/// Version 5: each function's init timeout (SCF's `InitTimeout`, 65 s by default).
+const SCHEMA_V5: &str = "
+ALTER TABLE functions ADD COLUMN init_timeout INTEGER NOT NULL DEFAULT 65;
+";
+
 /// Applies connection settings and creates or upgrades the schema.
 pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     // WAL lets readers proceed while a write commits; NORMAL sync in WAL mode loses nothing on
@@ -144,6 +149,12 @@ pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     if version < 4 {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA_V4)?;
+        tx.pragma_update(None, "user_version", 4)?;
+        tx.commit()?;
+    }
+    if version < 5 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA_V5)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }

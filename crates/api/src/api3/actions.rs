@@ -35,7 +35,6 @@ const IGNORED_FUNCTION_FIELDS: &[&str] = &[
     "L5Enable",
     "IgnoreSysLog",
     "EipConfig",
-    "InitTimeout",
 ];
 
 /// Fields refused when set: features a user would rely on and that Nimbus does not have.
@@ -199,6 +198,7 @@ async fn create_function(state: &ApiState, mut input: Input) -> Answer {
         timeout: input.u32("Timeout")?,
         environment: environment(&mut input)?,
         public_net: public_net(&mut input)?,
+        init_timeout: input.u32("InitTimeout")?,
     };
     function_type(&mut input)?;
     if input.flag("AsyncRunEnable")? == Some(true) {
@@ -254,6 +254,7 @@ async fn update_function_configuration(state: &ApiState, mut input: Input) -> An
         timeout: input.u32("Timeout")?,
         environment: environment(&mut input)?,
         public_net: public_net(&mut input)?,
+        init_timeout: input.u32("InitTimeout")?,
         ..FunctionSettings::default()
     };
     refuse_publish(&mut input)?;
@@ -315,6 +316,7 @@ async fn get_function(state: &ApiState, mut input: Input) -> Answer {
         ("ErrNo", json!(0)),
         ("AvailableStatus", json!("Available")),
         ("AsyncRunEnable", json!("FALSE")),
+        ("InitTimeout", json!(record.init_timeout)),
         (
             "PublicNetConfig",
             json!({
