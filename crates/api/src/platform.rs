@@ -4,8 +4,8 @@
 //!
 //! ```text
 //!   sync:   resolve function ─► engine.invoke ─► record ─► answer
-//!   async:  resolve function ─► commit event ─► answer {requestId}
-//!                                    └─► background task: engine.invoke ─► record + forget event
+//!   async:  resolve function ─► Queue::accept (durable) ─► answer {requestId}
+//!                                    └─► queue attempt: AsyncRunner ─► engine.invoke ─► policy
 //! ```
 //!
 //! Async invocations go through the durable queue (`nimbus-queue`); [`AsyncRunner`] is the
@@ -14,6 +14,8 @@
 //!
 //! # Limitations
 //! - Termination always kills at once; `GraceShutdown` (SIGTERM first) is not honoured.
+//! - Async invocations are billed at 1 ms granularity whichever dialect accepted them: the
+//!   queue does not keep the caller's dialect.
 //! - Invocation records are written before a synchronous call answers (one small commit); a
 //!   batching writer would take that off the hot path.
 
