@@ -202,7 +202,7 @@ class ServerFactory:
         server = NimbusServer(
             data_dir or self.new_dir(),
             self.root / f"server-{len(self._servers)}.stderr.log",
-            secret_key=secret_key or secrets.token_urlsafe(24),
+            secret_key=secret_key or "k" + secrets.token_urlsafe(24),  # never "-..." (CLIs take it for a flag)
             extra_args=extra_args,
         )
         self._servers.append(server)
