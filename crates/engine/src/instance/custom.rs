@@ -26,8 +26,6 @@
 //! whenever it is flushed, possibly in a later invocation's log; output of a thread or child
 //! process still running after the answer lands in the next invocation's log.
 
-use std::os::fd::AsRawFd;
-
 use tokio::io::AsyncReadExt;
 use tokio::time::{Instant, sleep_until};
 
@@ -93,7 +91,7 @@ impl Instance {
         let mut log = LogCollector::new(Vec::new(), invocation.log_limit);
         log.push(std::mem::take(&mut self.boot_output).as_bytes());
         // Printed since the last answer (or since ready): this invocation's, by the rule above.
-        self.read_available_output(&mut log);
+        self.read_pending_output(&mut log);
         if self.control_closed() {
             let now = std::time::Instant::now();
             return self.killed(RunEnd::Stale, log, now, 0).await;
@@ -140,7 +138,7 @@ impl Instance {
     ) -> Run {
         let duration = started.elapsed();
         let mem_usage_bytes = self.peak_memory();
-        self.read_available_output(&mut log);
+        self.read_pending_output(&mut log);
         log.end_here();
         Run {
             end: RunEnd::Replied(reply(answer, request_id)),
@@ -179,20 +177,6 @@ impl Instance {
                     }
                 },
                 () = sleep_until(deadline) => return Err(Wait::Deadline),
-            }
-        }
-    }
-
-    /// Reads whatever the log pipe holds right now, without waiting. The read goes to the
-    /// descriptor directly: tokio's cached readiness may not have caught up yet with output
-    /// written just before an answer.
-    fn read_available_output(&mut self, log: &mut LogCollector) {
-        while self.log_open {
-            match nix::unistd::read(self.log.as_raw_fd(), &mut self.scratch) {
-                Ok(0) => self.log_open = false,
-                Ok(n) => log.push(&self.scratch[..n]),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(_) => break,
             }
         }
     }
