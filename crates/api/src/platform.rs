@@ -392,7 +392,7 @@ impl Platform {
         let replay_id = new_id.clone();
         let replayed = self
             .queue
-            .replay_dead_letter(request_id, move |letter: &DeadLetter| {
+            .replay_dead_letter(request_id, (namespace, name), move |letter: &DeadLetter| {
                 let event = AsyncEvent {
                     request_id: replay_id,
                     namespace: event_namespace,
@@ -408,7 +408,7 @@ impl Platform {
             .await
             .map_err(|e| internal(&e))?;
         match replayed {
-            Some(letter) if letter.namespace == namespace && letter.function_name == name => {
+            Some(_) => {
                 tracing::info!(request_id, new_request_id = %new_id, "dead letter replayed");
                 Ok(new_id)
             }

@@ -298,7 +298,7 @@ impl<E: Executor> Queue<E> {
         Ok(removed)
     }
 
-    /// Queues a dead letter's event again: `replay` builds the new event and its `RUNNING`
+    /// Queues a dead letter of `function` (namespace, name) again: `replay` builds the new event and its `RUNNING`
     /// record from the dead letter. Returns the dead letter, or `None` when there is none
     /// with that request id. The pending limits are not checked: the event was accepted once.
     ///
@@ -307,12 +307,13 @@ impl<E: Executor> Queue<E> {
     pub async fn replay_dead_letter(
         &self,
         request_id: &str,
+        function: (&str, &str),
         replay: impl FnOnce(&DeadLetter) -> (AsyncEvent, InvocationRecord) + Send + 'static,
     ) -> Result<Option<DeadLetter>, QueueError> {
         let letter = self
             .inner
             .store
-            .replay_dead_letter(request_id, replay)
+            .replay_dead_letter(request_id, function, replay)
             .await?;
         if let Some(letter) = &letter {
             let mut counters = self.inner.lock();

@@ -480,17 +480,22 @@ impl Store {
     pub async fn replay_dead_letter(
         &self,
         request_id: &str,
+        function: (&str, &str),
         replay: impl FnOnce(&DeadLetter) -> (AsyncEvent, InvocationRecord) + Send + 'static,
     ) -> Result<Option<DeadLetter>, StoreError> {
         let request_id = request_id.to_owned();
+        let (namespace, function_name) = (function.0.to_owned(), function.1.to_owned());
         self.with(move |conn| {
             conn.pragma_update(None, "synchronous", "FULL")?;
             let result = (|| {
                 let tx = conn.transaction()?;
                 let letter = tx
                     .query_row(
-                        &format!("SELECT {DEAD_COLUMNS} FROM dead_letters WHERE request_id = ?1"),
-                        params![request_id],
+                        &format!(
+                            "SELECT {DEAD_COLUMNS} FROM dead_letters WHERE request_id = ?1 \
+                             AND namespace = ?2 AND function_name = ?3"
+                        ),
+                        params![request_id, namespace, function_name],
                         dead_from_row,
                     )
                     .optional()?;
@@ -779,9 +784,25 @@ mod tests {
             "attempt 1"
         );
 
+        // Another function cannot replay (or move) this function's dead letter.
+        let foreign = store
+            .replay_dead_letter("c", ("default", "g"), |_| {
+                unreachable!("not this function's")
+            })
+            .await
+            .expect("replay");
+        assert!(foreign.is_none());
+        assert_eq!(
+            store
+                .list_dead_letters("default", "f", 0, 10)
+                .await
+                .expect("list")
+                .0,
+            1
+        );
         // Replay puts the event back under a new id.
         let replayed = store
-            .replay_dead_letter("c", |letter| {
+            .replay_dead_letter("c", ("default", "f"), |letter| {
                 let (mut again, record) = event("c2", &letter.function_name, 700);
                 again.event = letter.event.clone();
                 (again, record)
