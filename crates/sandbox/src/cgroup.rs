@@ -29,8 +29,9 @@
 //!   to the server's own cgroup (systemd `Delegate=yes`) the controllers are not enabled for our
 //!   directories (a cgroup with processes may not enable them for its children): point
 //!   `cgroup_parent` at a delegated cgroup without processes instead.
-//! - Directories left by a server that was killed (`nimbus.<pid>.<n>`) are not cleaned up at the
-//!   next start; they are empty, since instances die with the server.
+//! - Directories left by a server that was killed (`nimbus.<pid>.<n>`) are removed by the next
+//!   server to start under the same parent, once no process has that pid. Servers in other PID
+//!   namespaces sharing one parent would look dead to each other: give each its own parent.
 //! - `cgroup.kill` needs Linux 5.14; before that, killing falls back to signalling every listed
 //!   process, which races with processes forked meanwhile (the PID namespace still ends them).
 
@@ -115,17 +116,29 @@ pub(crate) struct CgroupRoot {
 impl CgroupRoot {
     /// Creates `nimbus.<pid>.<n>` under `parent`, enabling `memory` and `pids` for its children
     /// when `limits` is set.
+    ///
+    /// First removes what servers that died left under `parent` ([`sweep_stale`]); a name
+    /// still taken (a dead process of the same pid left it, with processes inside) is skipped.
     pub(crate) fn create(parent: &Path, limits: bool) -> Result<CgroupRoot, SandboxError> {
-        let name = format!(
-            "nimbus.{}.{}",
-            std::process::id(),
-            NEXT_ROOT.fetch_add(1, Ordering::Relaxed)
-        );
-        let dir = parent.join(name);
-        fs::create_dir(&dir).map_err(|source| SandboxError::CreateCgroup {
-            path: dir.clone(),
-            source,
-        })?;
+        sweep_stale(parent);
+        let dir = loop {
+            let name = format!(
+                "nimbus.{}.{}",
+                std::process::id(),
+                NEXT_ROOT.fetch_add(1, Ordering::Relaxed)
+            );
+            let dir = parent.join(name);
+            match fs::create_dir(&dir) {
+                Ok(()) => break dir,
+                // Left by an earlier process that had this pid: reuse the name if it is empty.
+                Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                    if remove_tree(&dir).is_ok() && fs::create_dir(&dir).is_ok() {
+                        break dir;
+                    }
+                }
+                Err(source) => return Err(SandboxError::CreateCgroup { path: dir, source }),
+            }
+        };
         let root = CgroupRoot {
             dir,
             limits,
@@ -165,6 +178,42 @@ impl CgroupRoot {
         }
         Ok(handle)
     }
+}
+
+/// Removes the `nimbus.<pid>.<n>` directories under `parent` whose server is gone (no process
+/// has that pid any more), instance directories first. They are empty, since instances die
+/// with their server; one that still holds processes stays (`rmdir` refuses it).
+fn sweep_stale(parent: &Path) {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(server_pid) else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = remove_tree(&entry.path());
+        }
+    }
+}
+
+/// The pid in a server directory's name, `nimbus.<pid>.<n>`.
+fn server_pid(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("nimbus.")?.split_once('.')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
+/// Removes a server directory and the instance directories in it; fails (leaving the rest) if
+/// one still holds processes.
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)?.flatten() {
+        if entry.file_type()?.is_dir() {
+            fs::remove_dir(entry.path())?;
+        }
+    }
+    fs::remove_dir(dir)
 }
 
 impl Drop for CgroupRoot {
@@ -453,6 +502,32 @@ mod tests {
         let text = "4:memory:/process_api/x\n1:cpu:/\n0::/system.slice/nimbus.service\n";
         assert_eq!(own_cgroup(text), Some("/system.slice/nimbus.service"));
         assert_eq!(own_cgroup("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn sweeps_the_directories_of_dead_servers_only() {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        // pid_max is at most 2^22: no process has this pid.
+        let dead = parent.path().join("nimbus.99999999.0");
+        let alive = parent
+            .path()
+            .join(format!("nimbus.{}.7", std::process::id()));
+        let foreign = parent.path().join("other.1.0");
+        for dir in [
+            dead.join("i0"),
+            dead.join("i3"),
+            alive.join("i0"),
+            foreign.clone(),
+        ] {
+            fs::create_dir_all(dir).expect("mkdir");
+        }
+        sweep_stale(parent.path());
+        assert!(!dead.exists());
+        assert!(alive.join("i0").exists());
+        assert!(foreign.exists());
+        assert_eq!(server_pid("nimbus.12.3"), Some(12));
+        assert_eq!(server_pid("nimbus.12"), None);
+        assert_eq!(server_pid("nimbus-probe.12"), None);
     }
 
     #[test]
