@@ -276,6 +276,30 @@ done
     }
 
 
+def test_network_is_off_unless_asked_yet_the_runtime_api_answers(sdk, server):
+    """Without public network the bootstrap reaches its runtime API, on SCF's port 9001 in a
+    network namespace of its own, and nothing on the host; with it, host loopback too."""
+    name = unique_name("custom-net")
+    script = r"""
+http POST /runtime/init/ready ' '
+while true; do
+  http GET /runtime/invocation/next
+  port="${body//[^0-9]/}"
+  if (exec 4<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then reach=connected; else reach=refused; fi
+  http POST /runtime/invocation/response "{\"api_port\":\"$SCF_RUNTIME_API_PORT\",\"host\":\"$reach\"}"
+done
+"""
+    sdk.create(name, bootstrap_zip(script), handler="index.main", runtime=RUNTIME)
+    event = {"port": server.port}
+    assert ret(sdk.invoke(name, event)) == {"api_port": "9001", "host": "refused"}
+
+    sdk.call("UpdateFunctionConfiguration", FunctionName=name,
+             PublicNetConfig={"PublicNetStatus": "ENABLE"})
+    got = ret(sdk.invoke(name, event))
+    assert got["host"] == "connected", got
+    assert got["api_port"] != "9001", got
+
+
 def test_shell_example_needs_no_curl():
     """The shell example's HTTP is bash's own (/dev/tcp): it runs where curl is missing."""
     text = (SHELL_EXAMPLE / "bootstrap").read_text()

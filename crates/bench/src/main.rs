@@ -27,6 +27,7 @@ mod packages;
 mod peers;
 mod process;
 mod report;
+mod sandbox;
 mod server;
 mod stats;
 mod suite;

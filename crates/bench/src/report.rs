@@ -204,9 +204,12 @@ pub enum Bound {
     AtLeast(f64),
     /// Ratio ≤ limit.
     AtMost(f64),
+    /// Numerator − denominator ≤ limit, in the numbers' unit (milliseconds for latencies):
+    /// for costs that add to a baseline rather than scale it.
+    AddsAtMost(f64),
 }
 
-/// One target of issue 8.
+/// One target: two outcomes of the same run and how they must compare.
 #[derive(Debug, Clone, Copy)]
 pub struct TargetSpec {
     /// What it says, in words.
@@ -245,8 +248,8 @@ pub struct TargetResult {
     pub denominator: String,
     /// The limit.
     pub bound: Bound,
-    /// The ratio, when both sides were measured.
-    pub ratio: Option<f64>,
+    /// The ratio (for [`Bound::AddsAtMost`], the difference), when both sides were measured.
+    pub value: Option<f64>,
     /// Pass, miss or not measured.
     pub verdict: Verdict,
 }
@@ -270,15 +273,15 @@ fn judge_one(spec: &TargetSpec, outcomes: &[Outcome]) -> TargetResult {
         stat.of(outcome)
             .ok_or_else(|| format!("{id} has no such number"))
     };
-    let (ratio, verdict) = match (value(spec.numerator), value(spec.denominator)) {
+    let (compared, verdict) = match (value(spec.numerator), value(spec.denominator)) {
         (Ok(top), Ok(bottom)) => {
-            let ratio = top / bottom;
-            let pass = match spec.bound {
-                Bound::AtLeast(limit) => ratio >= limit,
-                Bound::AtMost(limit) => ratio <= limit,
+            let (compared, pass) = match spec.bound {
+                Bound::AtLeast(limit) => (top / bottom, top / bottom >= limit),
+                Bound::AtMost(limit) => (top / bottom, top / bottom <= limit),
+                Bound::AddsAtMost(limit) => (top - bottom, top - bottom <= limit),
             };
             (
-                Some(ratio),
+                Some(compared),
                 if pass { Verdict::Pass } else { Verdict::Miss },
             )
         }
@@ -289,7 +292,7 @@ fn judge_one(spec: &TargetSpec, outcomes: &[Outcome]) -> TargetResult {
         numerator: spec.numerator.0.to_owned(),
         denominator: spec.denominator.0.to_owned(),
         bound: spec.bound,
-        ratio,
+        value: compared,
         verdict,
     }
 }
@@ -368,7 +371,14 @@ impl Report {
             .targets
             .iter()
             .filter(|t| t.verdict == Verdict::Miss)
-            .map(|t| format!("target missed: {} (ratio {})", t.text, fmt_ratio(t.ratio)))
+            .map(|t| {
+                format!(
+                    "target missed: {} ({} against {})",
+                    t.text,
+                    fmt_value(t),
+                    fmt_bound(t.bound)
+                )
+            })
             .collect();
         for outcome in &self.outcomes {
             if let Status::Failed { reason } = &outcome.status {
@@ -419,14 +429,19 @@ pub fn fmt_num(value: f64) -> String {
     }
 }
 
-fn fmt_ratio(ratio: Option<f64>) -> String {
-    ratio.map_or_else(|| "–".into(), |r| format!("{r:.3}"))
+fn fmt_value(target: &TargetResult) -> String {
+    match (target.value, target.bound) {
+        (None, _) => "–".into(),
+        (Some(difference), Bound::AddsAtMost(_)) => format!("{difference:+.3}"),
+        (Some(ratio), _) => format!("{ratio:.3}"),
+    }
 }
 
 fn fmt_bound(bound: Bound) -> String {
     match bound {
         Bound::AtLeast(limit) => format!("≥ {limit}"),
         Bound::AtMost(limit) => format!("≤ {limit}"),
+        Bound::AddsAtMost(limit) => format!("+ ≤ {limit}"),
     }
 }
 
@@ -492,7 +507,8 @@ pub fn table(outcomes: &[Outcome]) -> String {
 
 /// The targets table, in Markdown.
 pub fn targets_table(targets: &[TargetResult]) -> String {
-    let mut out = String::from("| Target | Ratio | Limit | Verdict |\n|---|---|---|---|\n");
+    let mut out =
+        String::from("| Target | Ratio (or + difference) | Limit | Verdict |\n|---|---|---|---|\n");
     for target in targets {
         let verdict = match &target.verdict {
             Verdict::Pass => "pass".to_owned(),
@@ -502,7 +518,7 @@ pub fn targets_table(targets: &[TargetResult]) -> String {
         out.push_str(&format!(
             "| {} | {} | {} | {} |\n",
             cell(&target.text),
-            fmt_ratio(target.ratio),
+            fmt_value(target),
             fmt_bound(target.bound),
             cell(&verdict)
         ));
@@ -546,14 +562,29 @@ mod tests {
                 denominator: ("c", Stat::Rate),
                 bound: Bound::AtLeast(1.0),
             },
+            TargetSpec {
+                text: "a p50 adds ≤ 1.5 to b",
+                numerator: ("a", Stat::P50),
+                denominator: ("b", Stat::P50),
+                bound: Bound::AddsAtMost(1.5),
+            },
+            TargetSpec {
+                text: "a p50 adds ≤ 0.5 to b",
+                numerator: ("a", Stat::P50),
+                denominator: ("b", Stat::P50),
+                bound: Bound::AddsAtMost(0.5),
+            },
         ];
         let results = judge(&specs, &outcomes);
         assert_eq!(results[0].verdict, Verdict::Pass);
-        assert_eq!(results[0].ratio, Some(0.4));
+        assert_eq!(results[0].value, Some(0.4));
         assert_eq!(results[1].verdict, Verdict::Miss);
         assert!(
             matches!(&results[2].verdict, Verdict::NotMeasured { reason } if reason.contains("skipped"))
         );
+        assert_eq!(results[3].value, Some(1.0));
+        assert_eq!(results[3].verdict, Verdict::Pass);
+        assert_eq!(results[4].verdict, Verdict::Miss);
     }
 
     #[test]

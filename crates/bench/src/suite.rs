@@ -88,8 +88,14 @@ impl Budget {
     }
 }
 
-/// The targets of issue 8, each a ratio of two outcomes of the same run.
+/// The targets of issues 4 and 8, each comparing two outcomes of the same run.
 pub const TARGETS: &[TargetSpec] = &[
+    TargetSpec {
+        text: "sandbox: a sandboxed start adds ≤ 5 ms to fork+exec /bin/true (p50)",
+        numerator: ("sandbox.spawn_true", Stat::P50),
+        denominator: ("baseline.fork_exec_true", Stat::P50),
+        bound: Bound::AddsAtMost(5.0),
+    },
     TargetSpec {
         text: "warm Python, 16 connections: throughput ≥ 0.4 × bare server",
         numerator: ("warm.python.api3.c16", Stat::Rate),
@@ -375,6 +381,27 @@ impl Suite {
                 .with_latencies(&samples)
                 .with_failures(failures),
             );
+        }
+
+        if self.wants("sandbox.spawn_true") {
+            let title = "sandboxed /bin/true (plan, spawn, wait, teardown)";
+            match blocking(move || {
+                crate::sandbox::spawn_true(budget.rounds, budget.forks_per_round)
+            })
+            .await
+            {
+                Ok((samples, failures)) => self.push(
+                    Outcome::new("sandbox.spawn_true", title, Group::Nimbus)
+                        .with_latencies(&samples)
+                        .with_failures(failures),
+                ),
+                Err(error) => self.push(Outcome::skipped(
+                    "sandbox.spawn_true",
+                    title,
+                    Group::Nimbus,
+                    format!("{error:#}"),
+                )),
+            }
         }
 
         if self.wants("baseline.sqlite_flush") {

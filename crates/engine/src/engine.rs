@@ -283,14 +283,16 @@ impl Inner {
     async fn start(&self, spec: &FunctionSpec, request_id: &str) -> Result<Instance, EngineError> {
         let token = new_token().map_err(EngineError::SpawnInstance)?;
         let mut launch = runtime::launch(&self.config, &self.shims, spec, &token)?;
-        let api = runtime_api::open_for(&self.config, spec, &mut launch).await?;
+        let private_network = self.isolator.private_network(spec)?;
+        let api = runtime_api::open_for(&self.config, spec, &mut launch, private_network.as_ref())
+            .await?;
         let limits = Limits {
             init_timeout: spec.init_timeout,
             memory_bytes: u64::from(spec.memory_mb) * 1024 * 1024,
             log_bytes: self.config.log_limit_bytes,
         };
         let started = Instant::now();
-        let sandbox = self.isolator.prepare(spec, &launch)?;
+        let sandbox = self.isolator.prepare(spec, &launch, private_network)?;
         let instance = Instance::start(&self.spawner, &launch, token, limits, api, sandbox).await?;
         let init_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(

@@ -34,10 +34,8 @@
 //!
 //! - The prefix is derived from the interpreter's location, not asked of the interpreter: one
 //!   whose libraries live outside `<bin>/..` does not start inside.
-//! - Custom runtimes get the host's network whatever [`FunctionSpec::network`] says: their
-//!   runtime API listens on the host's loopback (see `runtime_api.rs`), which an instance with
-//!   a network namespace of its own cannot reach. TODO: open that listener inside the instance's
-//!   namespace (or pass it a Unix socket) so that custom runtimes can run without network too.
+//! - A custom runtime with public network reaches its runtime API on the host's loopback,
+//!   where any local process that finds the port can call it too (see `runtime_api.rs`).
 //! - The process count that reports a fork bomb is read after each invocation: a bomb that
 //!   ended by itself before the invocation did is not reported (it was contained all the same).
 //! - Servers on one host that share a uid range may give two functions the same uid; those
@@ -50,7 +48,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use nimbus_sandbox::{
-    Capabilities, InstanceSpec, Isolation, Limits, MemoryEnforcement, Network, Plan, Sandbox,
+    Capabilities, InstanceSpec, Isolation, Limits, MemoryEnforcement, NetNamespace, Network, Plan,
+    Sandbox,
 };
 use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit};
 
@@ -116,7 +115,29 @@ impl Isolator {
         self.sandbox.memory_enforcement()
     }
 
-    /// Prepares the sandbox of a new instance of `spec`, to be started as `launch` says.
+    /// The network namespace a new instance of `spec` will join, made now so that the server
+    /// can listen inside it: for sandboxed custom-runtime functions without public network,
+    /// whose runtime API must be reachable by the instance and by nothing else. `None` for
+    /// every other function (they get a fresh namespace, or the host's, from the sandbox).
+    ///
+    /// # Errors
+    ///
+    /// [`EngineError::OpenRuntimeApi`] if the namespace cannot be made.
+    pub(crate) fn private_network(
+        &self,
+        spec: &FunctionSpec,
+    ) -> Result<Option<NetNamespace>, EngineError> {
+        if self.isolation() != Isolation::Sandbox || spec.runtime != Runtime::Custom || spec.network
+        {
+            return Ok(None);
+        }
+        NetNamespace::new()
+            .map(Some)
+            .map_err(EngineError::OpenRuntimeApi)
+    }
+
+    /// Prepares the sandbox of a new instance of `spec`, to be started as `launch` says, in
+    /// `private_network` if one was made for it ([`Isolator::private_network`]).
     ///
     /// # Errors
     ///
@@ -127,6 +148,7 @@ impl Isolator {
         &self,
         spec: &FunctionSpec,
         launch: &Launch,
+        private_network: Option<NetNamespace>,
     ) -> Result<InstanceSandbox, EngineError> {
         let isolation = self.isolation();
         if isolation == Isolation::Sandbox {
@@ -151,10 +173,10 @@ impl Isolator {
             Runtime::Custom => Vec::new(),
         };
         runtime_paths.push(self.shim_dir.clone());
-        let network = if spec.network || spec.runtime == Runtime::Custom {
-            Network::Host
-        } else {
-            Network::Off
+        let network = match (spec.network, private_network) {
+            (true, _) => Network::Host,
+            (false, Some(namespace)) => Network::Joined(namespace),
+            (false, None) => Network::Off,
         };
         let instance = InstanceSpec {
             uid: uid.id,

@@ -1,8 +1,10 @@
 //! The runtime API of SCF's custom runtime: the HTTP endpoints through which a function's own
 //! `bootstrap` program says it is ready, fetches events and posts results.
 //!
-//! Each custom-runtime instance gets its own listener, bound to an ephemeral port on the host's
-//! loopback before the instance is spawned. The address reaches the program through its
+//! Each custom-runtime instance gets its own listener, bound before the instance is spawned:
+//! sandboxed and without public network, on `127.0.0.1:9001` inside a network namespace made
+//! for the instance ([`NetNamespace`]), which the instance then joins, so that nothing else can
+//! reach it; otherwise on an ephemeral port of the host's loopback. The address reaches the program through its
 //! environment: `SCF_RUNTIME_API` and `SCF_RUNTIME_API_PORT`, plus `AWS_LAMBDA_RUNTIME_API` and
 //! the `AWS_LAMBDA_*` variables Lambda runtime clients read.
 //!
@@ -38,14 +40,9 @@
 //!
 //! # Limitations
 //!
-//! - The listener lives in the host's network namespace, on `127.0.0.1`. An instance in a
-//!   network namespace of its own (the sandbox's default without network) cannot reach it, so
-//!   custom-runtime instances are given the host's network whatever the function says (see
-//!   `isolation.rs`). Opening the listener inside the instance's namespace (a helper that binds
-//!   there and hands the socket back) would let them run without network.
-//! - Any process on the host that can reach loopback can call an instance's runtime API if it
-//!   finds the port (the protocol has no credentials). A listener inside the instance's own
-//!   network namespace would close this.
+//! - With public network (or `--isolation none`) the listener is on the host's loopback, and
+//!   any process on the host that finds the port can call it (the protocol has no
+//!   credentials). Without public network it is reachable from the instance alone.
 //! - Answers larger than SCF's 6 MB response limit are cut off when the limit is reached and the
 //!   invocation fails with status 407.
 
@@ -69,11 +66,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use nimbus_sandbox::NetNamespace;
+
 use crate::runtime::Launch;
 use crate::{EngineConfig, EngineError, FunctionSpec, Runtime, scf};
 
 /// The loopback address the runtime API listens on, as the instance sees it.
 const LISTEN_HOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// The port inside an instance's own network namespace: the one SCF's runtimes default to.
+const SCF_PORT: u16 = 9001;
 /// Largest answer body kept: SCF's response limit. A larger one fails the invocation (407).
 const MAX_ANSWER_BYTES: usize = scf::MAX_RESPONSE_BYTES;
 /// Pause after a failed `accept` (out of descriptors), so the loop does not spin.
@@ -176,6 +177,7 @@ pub(crate) async fn open_for(
     config: &EngineConfig,
     spec: &FunctionSpec,
     launch: &mut Launch,
+    network: Option<&NetNamespace>,
 ) -> Result<Option<RuntimeApi>, EngineError> {
     if spec.runtime != Runtime::Custom {
         return Ok(None);
@@ -184,7 +186,7 @@ pub(crate) async fn open_for(
         "qcs::scf:{}:uin/{}:namespace/{}/function/{}",
         spec.region, config.uin, spec.namespace, spec.name
     );
-    let api = RuntimeApi::open(spec.memory_mb, resource)
+    let api = RuntimeApi::open(spec.memory_mb, resource, network)
         .await
         .map_err(EngineError::OpenRuntimeApi)?;
     launch.env.extend(
@@ -195,9 +197,21 @@ pub(crate) async fn open_for(
 }
 
 impl RuntimeApi {
-    /// Binds a loopback port and starts serving on it.
-    async fn open(memory_mb: u32, function_resource: String) -> io::Result<RuntimeApi> {
-        let listener = TcpListener::bind((LISTEN_HOST, 0)).await?;
+    /// Binds a loopback port and starts serving on it: SCF's usual port inside `network`
+    /// when the instance will run there, any free port on the host's loopback otherwise.
+    async fn open(
+        memory_mb: u32,
+        function_resource: String,
+        network: Option<&NetNamespace>,
+    ) -> io::Result<RuntimeApi> {
+        let listener = match network {
+            Some(namespace) => {
+                let listener = namespace.bind_tcp(SocketAddr::from((LISTEN_HOST, SCF_PORT)))?;
+                listener.set_nonblocking(true)?;
+                TcpListener::from_std(listener)?
+            }
+            None => TcpListener::bind((LISTEN_HOST, 0)).await?,
+        };
         let address = listener.local_addr()?;
         let (answers_tx, answers) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -686,7 +700,9 @@ mod tests {
 
     #[tokio::test]
     async fn first_answer_wins_and_only_after_fetch() {
-        let mut api = RuntimeApi::open(128, "f".to_owned()).await.expect("open");
+        let mut api = RuntimeApi::open(128, "f".to_owned(), None)
+            .await
+            .expect("open");
         let shared = Arc::clone(&api.shared);
         let answer = || Answer::Response(Bytes::from_static(b"1"));
         assert!(matches!(
@@ -712,7 +728,9 @@ mod tests {
 
     #[tokio::test]
     async fn ready_counts_once_and_init_error_only_before_it() {
-        let mut api = RuntimeApi::open(128, "f".to_owned()).await.expect("open");
+        let mut api = RuntimeApi::open(128, "f".to_owned(), None)
+            .await
+            .expect("open");
         let shared = Arc::clone(&api.shared);
         assert!(shared.mark_ready());
         assert!(shared.mark_ready());
@@ -726,7 +744,9 @@ mod tests {
 
     #[tokio::test]
     async fn withdrawn_invocation_cannot_be_answered() {
-        let api = RuntimeApi::open(128, "f".to_owned()).await.expect("open");
+        let api = RuntimeApi::open(128, "f".to_owned(), None)
+            .await
+            .expect("open");
         api.deliver("r1", "{}", Duration::from_secs(3));
         delivered(&api).fetched.store(true, Ordering::Release);
         api.withdraw();

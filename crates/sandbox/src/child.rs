@@ -52,7 +52,7 @@ use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::prctl;
 use nix::sys::resource::setrlimit;
 use nix::sys::signal::Signal;
@@ -79,6 +79,13 @@ const PROC_OPTIONS: &CStr = c"hidepid=2";
 pub(crate) fn enter_sandbox(plan: &SandboxedPlan) -> io::Result<()> {
     // Waiter: creates init in the new namespaces and, where there is one, the instance cgroup.
     step("clear the dumpable flag", None, prctl::set_dumpable(false))?;
+    if let Some(namespace) = &plan.join_network {
+        step(
+            "join the network namespace",
+            None,
+            setns(namespace.fd(), CloneFlags::CLONE_NEWNET),
+        )?;
+    }
     let (alive_read, alive_write) = step("create a pipe", None, pipe2(OFlag::O_CLOEXEC))?;
     let cgroup = plan.cgroup_dir.as_ref().map(AsRawFd::as_raw_fd);
     if let Some(init) = step("create init", None, clone_init(plan.namespaces, cgroup))? {
@@ -583,7 +590,7 @@ fn drop_bounding_set() -> nix::Result<()> {
     unsafe_code,
     reason = "ioctl(SIOCSIFFLAGS) with a struct ifreq has no nix wrapper"
 )]
-fn bring_up_loopback() -> nix::Result<()> {
+pub(crate) fn bring_up_loopback() -> nix::Result<()> {
     let socket = socket(
         AddressFamily::Inet,
         SockType::Datagram,

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use crate::netns::NetNamespace;
+
 /// First host uid and gid handed to functions by default.
 ///
 /// Far above the ids that distributions hand to people and services, and below 2^31 so that no
@@ -74,10 +76,13 @@ impl Default for SandboxConfig {
 }
 
 /// Network access of an instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
     /// A network namespace of its own with only a loopback interface (default).
     Off,
+    /// No network either, but in a namespace made beforehand, where the server may have bound
+    /// listeners meant for this instance alone (see [`NetNamespace`]).
+    Joined(NetNamespace),
     /// The host's network namespace: egress works, and so does host loopback.
     Host,
 }

@@ -5,7 +5,8 @@
 //! the node down with a fork bomb, a memory hog or a full disk. Each instance therefore gets:
 //!
 //! - its own mount, PID, IPC, UTS and cgroup namespaces, and a network namespace with only
-//!   loopback unless the function allows network ([`Network`]);
+//!   loopback unless the function allows network ([`Network`]); that namespace can be made
+//!   beforehand ([`NetNamespace`]) for the server to listen inside it;
 //! - a root file system of its own: read-only system directories, a minimal `/etc`, a minimal
 //!   `/dev`, a fresh `/proc`, a size-bounded private `/tmp`, the function's code read-only at
 //!   [`CODE_ROOT`] and the runtime paths read-only (see `plan.rs`); the host's `/root`, `/home`,
@@ -65,6 +66,7 @@ mod cgroup;
 mod child;
 mod config;
 mod error;
+mod netns;
 mod node;
 mod plan;
 mod procfs;
@@ -76,6 +78,7 @@ pub use config::{
     InstanceSpec, Isolation, Limits, Network, SandboxConfig,
 };
 pub use error::SandboxError;
+pub use netns::NetNamespace;
 pub use node::{Availability, Capabilities, CgroupSupport, Sandbox, probe};
 pub use plan::{MemoryEnforcement, MemoryStatus, Plan};
 

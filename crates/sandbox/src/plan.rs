@@ -31,6 +31,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::process::CommandExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
@@ -42,6 +43,7 @@ use seccompiler::BpfProgram;
 use crate::cgroup::{CgroupHandle, CgroupLimits};
 use crate::child::{self, OLD_ROOT};
 use crate::config::{InstanceSpec, Limits, Network};
+use crate::netns::NetNamespace;
 use crate::{CODE_ROOT, Sandbox, SandboxError, procfs};
 
 /// Host directories shown read-only at the same path (or as the same symlink).
@@ -144,6 +146,8 @@ pub(crate) struct SandboxedPlan {
     pub(crate) put_old: CString,
     pub(crate) steps: Vec<Step>,
     pub(crate) loopback: bool,
+    /// A namespace made beforehand for the instance to join (its loopback is already up).
+    pub(crate) join_network: Option<NetNamespace>,
     pub(crate) workdir: CString,
     pub(crate) rlimits: Vec<Rlimit>,
     pub(crate) uid: Uid,
@@ -285,6 +289,22 @@ impl Plan {
         }
     }
 
+    /// Makes `command`'s child enter `plan` between fork and exec: the plain way to spawn into
+    /// a sandbox, for callers with no other work to do in the child.
+    #[expect(
+        unsafe_code,
+        reason = "pre_exec is unsafe; Plan::enter only makes async-signal-safe system calls"
+    )]
+    pub fn enter_before_exec(plan: &Arc<Plan>, command: &mut std::process::Command) {
+        let plan = Arc::clone(plan);
+        // SAFETY: the hook runs in the forked child before exec; `Plan::enter` makes only
+        // async-signal-safe system calls on data prepared in the parent, and the closure owns
+        // a reference to the plan, so it outlives the call.
+        unsafe {
+            command.pre_exec(move || plan.enter());
+        }
+    }
+
     /// The instance's cgroup, if cgroups are in use.
     pub fn cgroup(&self) -> Option<&CgroupHandle> {
         self.cgroup.as_ref()
@@ -415,6 +435,10 @@ fn sandboxed(
     if spec.network == Network::Off {
         namespaces |= CloneFlags::CLONE_NEWNET;
     }
+    let join_network = match &spec.network {
+        Network::Joined(namespace) => Some(namespace.clone()),
+        Network::Off | Network::Host => None,
+    };
     Ok(SandboxedPlan {
         cgroup_dir,
         namespaces,
@@ -423,6 +447,7 @@ fn sandboxed(
         put_old: c_path(&staging.join(OsStr::from_bytes(&OLD_ROOT.to_bytes()[1..])))?,
         steps: root_steps(sandbox.root_template(), spec, code_dir)?,
         loopback: spec.network == Network::Off,
+        join_network,
         workdir: c_path(Path::new(CODE_ROOT))?,
         rlimits,
         uid: Uid::from_raw(spec.uid),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use nimbus_sandbox::{Network, Plan};
+use nimbus_sandbox::{NetNamespace, Network, Plan};
 
 #[test]
 fn host_files_outside_the_code_dir_are_invisible() {
@@ -317,6 +317,43 @@ fn host_loopback_is_reachable_with_network_on() {
     };
     assert_eq!(marked(&out.stdout, "CONNECTED").len(), 1, "{out:?}");
     assert!(accepted, "the host listener saw no connection");
+}
+
+#[test]
+fn a_joined_namespace_reaches_its_own_listener_and_not_the_host() {
+    let Some(sandbox) = sandbox() else { return };
+    let Some((python, prefix)) = python() else {
+        eprintln!("skipped: no python3");
+        return;
+    };
+    let namespace = NetNamespace::new().expect("network namespace");
+    // The same port on the host's loopback and inside: each side sees its own.
+    let host = TcpListener::bind("127.0.0.1:0").expect("listen on the host");
+    host.set_nonblocking(true).expect("non-blocking");
+    let port = host.local_addr().expect("address").port();
+    let inside = namespace
+        .bind_tcp(([127, 0, 0, 1], port).into())
+        .expect("listen inside the namespace");
+    inside.set_nonblocking(true).expect("non-blocking");
+    let code = code_dir(&[]);
+    let mut spec = spec(114, code.path());
+    spec.runtime_paths = vec![prefix];
+    spec.network = Network::Joined(namespace.clone());
+    let plan = Arc::new(Plan::new(&sandbox, &spec).expect("plan"));
+    let out = run(command(
+        &plan,
+        &python,
+        &["-S", "-c", &connect_script(port)],
+    ));
+    drop(plan);
+    assert_eq!(marked(&out.stdout, "CONNECTED").len(), 1, "{out:?}");
+    assert_eq!(marked(&out.stdout, "LOOPBACK_UP").len(), 1, "{out:?}");
+    assert!(
+        inside.accept().is_ok(),
+        "the listener inside saw no connection"
+    );
+    assert!(host.accept().is_err(), "the host listener saw a connection");
+    assert_no_process_of(spec.uid);
 }
 
 #[test]

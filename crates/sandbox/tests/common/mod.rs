@@ -7,7 +7,6 @@
 )]
 
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -109,18 +108,8 @@ pub fn command(plan: &Arc<Plan>, program: &Path, args: &[&str]) -> Command {
     command
 }
 
-#[expect(
-    unsafe_code,
-    reason = "pre_exec is unsafe; Plan::enter only makes async-signal-safe system calls"
-)]
 pub fn enter_before_exec(command: &mut Command, plan: &Arc<Plan>) {
-    let plan = Arc::clone(plan);
-    // SAFETY: the hook runs in the forked child before exec; `Plan::enter` is documented to
-    // make only async-signal-safe system calls on data prepared in the parent, and the Arc's
-    // target outlives the call since the closure owns a reference.
-    unsafe {
-        command.pre_exec(move || plan.enter());
-    }
+    Plan::enter_before_exec(plan, command);
 }
 
 /// What a finished command left.
