@@ -142,7 +142,7 @@ pub(crate) fn launch(
             config.python.clone(),
             vec![
                 "-u".into(),
-                "-s".into(),
+                "-S".into(),
                 shims.python_bootstrap.clone().into(),
             ],
         ),

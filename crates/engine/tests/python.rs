@@ -148,6 +148,32 @@ async fn returns_handler_value_as_json() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_packages_are_importable_without_running_site() {
+    // The interpreter starts with -S (no .pth files run); the shim adds site-packages itself,
+    // after the standard library, and the builtins site would add for exit() and quit().
+    let fixture = Fixture::new(
+        "import os, sys\n\
+         def main_handler(event, context):\n\
+         \x20   stdlib = os.path.dirname(os.__file__)\n\
+         \x20   site = [p for p in sys.path if p.endswith(('site-packages', 'dist-packages'))]\n\
+         \x20   return {'no_site': sys.flags.no_site, 'site': len(site) > 0,\n\
+         \x20           'after_stdlib': all(sys.path.index(p) > sys.path.index(stdlib) for p in site),\n\
+         \x20           'quit': callable(quit) and callable(exit), 'code_first': sys.path[0]}\n",
+    );
+    let engine = fixture.engine().await;
+    let outcome = engine
+        .invoke(&fixture.spec("site"), request("r1", serde_json::json!({})))
+        .await;
+    assert_eq!(
+        ret(&outcome),
+        serde_json::json!({"no_site": 1, "site": true, "after_stdlib": true, "quit": true,
+                           "code_first": "/var/user"}),
+        "{outcome:?}"
+    );
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn string_return_value_is_json_encoded() {
     let fixture = Fixture::new("def main_handler(event, context):\n    return 'hi'\n");
     let engine = fixture.engine().await;

@@ -26,18 +26,32 @@ engine then recycles the instance.
 
 The shim exits as soon as the control socket reaches end of file: the engine
 is gone or wants it gone.
+
+Start-up cost: the interpreter runs with -S, so no .pth file of the
+interpreter's site-packages runs (some import whole packages at every start);
+the shim puts those directories on sys.path itself, after the standard
+library as site would, and defines exit() and quit(). It reads and writes the
+control socket with os.read/os.write rather than importing socket, and
+imports traceback after the first reply (or when something fails first).
 """
 
 import importlib
 import json
 import os
-import socket
+import site
 import struct
 import sys
-import traceback
 
 _HEADER = struct.Struct(">I")
 _RECV_CHUNK = 1 << 20
+
+
+def _add_site_packages():
+    """What site would do for sys.path and builtins, without running .pth files."""
+    for path in site.getsitepackages():
+        if path not in sys.path and os.path.isdir(path):
+            sys.path.append(path)
+    site.setquit()
 
 
 def _take_control_socket():
@@ -46,13 +60,13 @@ def _take_control_socket():
     null_fd = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null_fd, 0)
     os.close(null_fd)
-    return socket.socket(fileno=control_fd)
+    return control_fd
 
 
-def _recv_exact(sock, size):
+def _recv_exact(fd, size):
     chunks = []
     while size:
-        chunk = sock.recv(min(size, _RECV_CHUNK))
+        chunk = os.read(fd, min(size, _RECV_CHUNK))
         if not chunk:
             return None
         chunks.append(chunk)
@@ -60,19 +74,26 @@ def _recv_exact(sock, size):
     return b"".join(chunks)
 
 
-def _recv_frame(sock):
-    header = _recv_exact(sock, _HEADER.size)
+def _recv_frame(fd):
+    header = _recv_exact(fd, _HEADER.size)
     if header is None:
         return None
-    payload = _recv_exact(sock, _HEADER.unpack(header)[0])
+    payload = _recv_exact(fd, _HEADER.unpack(header)[0])
     if payload is None:
         return None
     return json.loads(payload)
 
 
-def _send_frame(sock, message):
+def _write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _send_frame(fd, message):
     payload = json.dumps(message).encode("utf-8")
-    sock.sendall(_HEADER.pack(len(payload)) + payload)
+    _write_all(fd, _HEADER.pack(len(payload)) + payload)
 
 
 def _flush_output():
@@ -81,13 +102,6 @@ def _flush_output():
             stream.flush()
         except Exception:  # a user may have replaced or closed a stream
             pass
-
-
-def _write_marker(marker):
-    view = memoryview(marker)
-    while view:
-        written = os.write(1, view)
-        view = view[written:]
 
 
 def _error(status_code, request_id, message, stack_trace=None):
@@ -180,7 +194,7 @@ class _Runner:
             event = json.loads(frame["event"])
             result = handler(event, context)
         except BaseException as exc:  # SystemExit too: the handler failed, the instance lives on
-            stack_trace = traceback.format_exc()
+            stack_trace = _format_exception(exc)
             print(stack_trace, file=sys.stderr, end="")
             status_code = 434 if isinstance(exc, MemoryError) else 430
             return _error(status_code, request_id, "user code exception caught", stack_trace)
@@ -188,16 +202,30 @@ class _Runner:
         try:
             ret_msg = json.dumps(result)
         except Exception as exc:
-            stack_trace = traceback.format_exc()
+            stack_trace = _format_exception(exc)
             print(stack_trace, file=sys.stderr, end="")
             message = "return value is not JSON serializable: %s" % exc
             return _error(430, request_id, message, stack_trace)
         return {"ok": True, "ret_msg": ret_msg}
 
 
+def _format_exception(exc):
+    """The traceback of `exc`, as Python prints it."""
+    try:
+        import traceback
+    except BaseException:  # no memory left to import it
+        return "%s: %s\n" % (type(exc).__name__, exc)
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
 def _import_failure(exc):
-    stack_trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    stack_trace = _format_exception(exc)
+    try:
+        import traceback
+
+        message = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    except BaseException:  # no memory left to import it
+        message = "%s: %s" % (type(exc).__name__, exc)
     status_code = 434 if isinstance(exc, MemoryError) else 443
     return _HandlerError(status_code, message, stack_trace)
 
@@ -210,6 +238,7 @@ def main():
     token = os.environ.pop("_NIMBUS_LOG_TOKEN", "")
     code_root = os.environ.get("USER_CODE_ROOT", os.getcwd())
     sys.path[0] = code_root  # replace this shim's own directory
+    _add_site_packages()
     _refine_runtime_name()
     sock = _take_control_socket()
     runner = _Runner(os.environ.get("_HANDLER", ""))
@@ -224,8 +253,10 @@ def main():
             reply = runner.invoke(frame)
             _flush_output()
             marker = "\0nimbus-end %s %s\n" % (token, frame.get("request_id", ""))
-            _write_marker(marker.encode("utf-8"))
+            _write_all(1, marker.encode("utf-8"))
             _send_frame(sock, reply)
+            if "traceback" not in sys.modules:
+                import traceback  # noqa: F401  (off the cold path, before memory runs short)
     except OSError:
         pass  # the engine closed the socket or went away
     _flush_output()
