@@ -414,7 +414,7 @@ impl Instance {
         deadline: Instant,
         log: &mut LogCollector,
     ) -> Result<Option<Vec<u8>>, Wait> {
-        let mut sample_at = Instant::now();
+        let mut sample_at = Instant::from_std(self.watchdog.first_sample_at());
         loop {
             tokio::select! {
                 biased;

@@ -166,6 +166,10 @@ pub(crate) struct Watchdog {
     descendants: Vec<u32>,
     discovered_at: Instant,
     peak_bytes: u64,
+    /// The pause the last sample asked for: the first sample of an invocation waits that
+    /// long too, so an invocation shorter than it reads nothing from `/proc` (its memory was
+    /// just measured, and the main process's peak is read when it ends).
+    pause: Duration,
     /// Set for a sandboxed instance: the plan measures it instead of the process tree.
     plan: Option<Arc<Plan>>,
 }
@@ -179,6 +183,7 @@ impl Watchdog {
             descendants: Vec::new(),
             discovered_at: Instant::now(),
             peak_bytes: 0,
+            pause: MIN_SAMPLE_INTERVAL,
             plan: None,
         }
     }
@@ -212,7 +217,8 @@ impl Watchdog {
                     resident_bytes: used_bytes,
                 }
             } else {
-                Sample::Within(sample_interval(used_bytes, self.limit_bytes))
+                self.pause = sample_interval(used_bytes, self.limit_bytes);
+                Sample::Within(self.pause)
             };
         }
         if self.discovered_at.elapsed() >= DISCOVERY_INTERVAL {
@@ -235,8 +241,14 @@ impl Watchdog {
                 resident_bytes: total,
             }
         } else {
-            Sample::Within(sample_interval(total, self.limit_bytes))
+            self.pause = sample_interval(total, self.limit_bytes);
+            Sample::Within(self.pause)
         }
+    }
+
+    /// When an invocation starting now should be sampled first.
+    pub(crate) fn first_sample_at(&self) -> Instant {
+        Instant::now() + self.pause
     }
 
     /// The largest total seen since the last [`Watchdog::start_invocation`].

@@ -230,15 +230,13 @@ impl Store {
     ) -> Result<Option<FunctionRecord>, StoreError> {
         let (namespace, function_name) = (namespace.to_owned(), function_name.to_owned());
         self.with(move |conn| {
+            // Cached: every invocation looks its function up.
             let row = conn
-                .query_row(
-                    &format!(
-                        "SELECT {COLUMNS} FROM functions \
-                         WHERE namespace = ?1 AND function_name = ?2"
-                    ),
-                    params![namespace, function_name],
-                    from_row,
-                )
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM functions \
+                     WHERE namespace = ?1 AND function_name = ?2"
+                ))?
+                .query_row(params![namespace, function_name], from_row)
                 .optional()?;
             row.map(decode).transpose()
         })

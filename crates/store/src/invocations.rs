@@ -207,29 +207,29 @@ pub(crate) fn upsert(
     conn: &rusqlite::Connection,
     record: &InvocationRecord,
 ) -> rusqlite::Result<usize> {
-    conn.execute(
-        &format!(
-            "INSERT OR REPLACE INTO invocations ({COLUMNS}) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
-        ),
-        params![
-            record.request_id,
-            record.namespace,
-            record.function_name,
-            record.invoke_type.as_str(),
-            record.status.as_str(),
-            record.start_time,
-            record.ret_code,
-            record.ret_msg,
-            record.err_msg,
-            record.duration_us,
-            record.bill_duration_ms,
-            record.mem_usage,
-            record.log,
-            record.end_time,
-            record.retry_num,
-        ],
-    )
+    // Cached: every invocation stores its record (and parsing the statement cost as much as
+    // running it).
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO invocations ({COLUMNS}) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+    ))?
+    .execute(params![
+        record.request_id,
+        record.namespace,
+        record.function_name,
+        record.invoke_type.as_str(),
+        record.status.as_str(),
+        record.start_time,
+        record.ret_code,
+        record.ret_msg,
+        record.err_msg,
+        record.duration_us,
+        record.bill_duration_ms,
+        record.mem_usage,
+        record.log,
+        record.end_time,
+        record.retry_num,
+    ])
 }
 
 impl Store {

@@ -537,11 +537,13 @@ fn accept_batch(
 }
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, event: &AsyncEvent) -> rusqlite::Result<bool> {
-    let inserted = tx.execute(
-        "INSERT OR IGNORE INTO async_events (request_id, namespace, function_name, event, \
-         accepted_time, state, next_run_at, deadline, retry_num) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?5, ?6, ?7)",
-        params![
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO async_events (request_id, namespace, function_name, event, \
+             accepted_time, state, next_run_at, deadline, retry_num) \
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?5, ?6, ?7)",
+        )?
+        .execute(params![
             event.request_id,
             event.namespace,
             event.function_name,
@@ -549,8 +551,7 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, event: &AsyncEvent) -> rusqlite:
             event.accepted_time,
             event.deadline,
             event.retry_num,
-        ],
-    )?;
+        ])?;
     Ok(inserted == 1)
 }
 
@@ -559,23 +560,23 @@ fn insert_attempt(
     request_id: &str,
     attempt: &AttemptRecord,
 ) -> rusqlite::Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO async_attempts (request_id, attempt, start_time, end_time, \
          ret_code, ret_msg, err_msg, duration_us, mem_usage, log) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        params![
-            request_id,
-            attempt.attempt,
-            attempt.start_time,
-            attempt.end_time,
-            attempt.ret_code,
-            attempt.ret_msg,
-            attempt.err_msg,
-            attempt.duration_us,
-            attempt.mem_usage,
-            attempt.log,
-        ],
-    )?;
+    )?
+    .execute(params![
+        request_id,
+        attempt.attempt,
+        attempt.start_time,
+        attempt.end_time,
+        attempt.ret_code,
+        attempt.ret_msg,
+        attempt.err_msg,
+        attempt.duration_us,
+        attempt.mem_usage,
+        attempt.log,
+    ])?;
     Ok(())
 }
 

@@ -155,7 +155,7 @@ impl Instance {
         deadline: Instant,
         log: &mut LogCollector,
     ) -> Result<Option<Answer>, Wait> {
-        let mut sample_at = Instant::now();
+        let mut sample_at = Instant::from_std(self.watchdog.first_sample_at());
         let mut discard = [0u8; 256];
         loop {
             tokio::select! {
