@@ -6,10 +6,13 @@
 //!
 //! ```text
 //!   api / control ──► Store (async methods) ──spawn_blocking──► Mutex<Connection> ──► nimbus.db
+//!   record_invocation ──channel──► writer thread: a batch per transaction ──┘
 //! ```
 //!
 //! Every method runs its SQL on tokio's blocking pool so that no request task waits on disk
-//! while holding a runtime thread. Times are stored as Unix milliseconds.
+//! while holding a runtime thread, except the records of synchronous invocations (one per
+//! call): a writer thread commits whatever has arrived together in one transaction and then
+//! answers each caller. Times are stored as Unix milliseconds.
 //!
 //! # Limitations
 //! - One connection behind a mutex serialises all statements. That is plenty for a laptop
@@ -52,6 +55,9 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("stored value is corrupt: {0}")]
     Corrupt(String),
+    /// The thread that writes invocation records could not be started.
+    #[error("cannot start the store's writer thread")]
+    Writer(#[source] std::io::Error),
     /// The blocking task running the statement panicked or was cancelled.
     #[error("database task did not finish")]
     Task,
@@ -61,6 +67,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
+    /// The group-commit writer of synchronous invocation records (see `invocations.rs`).
+    records: std::sync::mpsc::Sender<invocations::PendingRecord>,
 }
 
 impl Store {
@@ -76,9 +84,10 @@ impl Store {
         };
         let conn = Connection::open(path).map_err(open_error)?;
         schema::prepare(&conn).map_err(open_error)?;
-        Ok(Store {
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        let conn = Arc::new(Mutex::new(conn));
+        let records =
+            invocations::start_record_writer(Arc::clone(&conn)).map_err(StoreError::Writer)?;
+        Ok(Store { conn, records })
     }
 
     /// Runs `f` with the connection on the blocking pool.
