@@ -44,7 +44,7 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 
 use crate::isolation::InstanceSandbox;
 use crate::log::{LogCollector, end_marker};
-use crate::memory::{self, Sample, Watchdog};
+use crate::memory::{PeakMeter, Sample, Watchdog};
 use crate::protocol::{FrameReader, Hello, Reply};
 use crate::runtime::Launch;
 use crate::runtime_api::RuntimeApi;
@@ -76,6 +76,8 @@ pub(crate) struct Instance {
     /// Output printed while starting, handed to the first invocation's log.
     boot_output: String,
     watchdog: Watchdog,
+    /// The runtime process's peak memory; `None` if its files could not be opened.
+    peak: Option<PeakMeter>,
     reaped: bool,
     /// A custom runtime's HTTP API; `None` for runtimes with a shim on `control`.
     api: Option<RuntimeApi>,
@@ -209,6 +211,9 @@ impl Instance {
             token,
             boot_output: String::new(),
             watchdog,
+            peak: PeakMeter::open(pid)
+                .inspect_err(|err| tracing::debug!(pid, %err, "cannot watch peak memory"))
+                .ok(),
             reaped: false,
             api,
             sandbox: Some(sandbox),
@@ -320,10 +325,7 @@ impl Instance {
         let mut log = LogCollector::new(marker, invocation.log_limit);
         log.push(std::mem::take(&mut self.boot_output).as_bytes());
         self.discard_stale_output();
-        if let Err(err) = memory::reset_peak(self.pid) {
-            tracing::debug!(pid = self.pid, %err, "cannot reset peak memory");
-        }
-        self.watchdog.start_invocation();
+        self.start_measuring();
 
         let started = std::time::Instant::now();
         let deadline = Instant::from_std(started) + invocation.timeout;
@@ -506,13 +508,25 @@ impl Instance {
         }
     }
 
+    /// Starts an invocation's memory measurement: the main process's peak and the watchdog's.
+    fn start_measuring(&mut self) {
+        if let Some(Err(err)) = self.peak.as_ref().map(PeakMeter::reset) {
+            tracing::debug!(pid = self.pid, %err, "cannot reset peak memory");
+        }
+        self.watchdog.start_invocation();
+    }
+
     /// The larger of the main process's high-water mark and the watchdog's largest sample of
     /// the tree, since the invocation started.
-    fn peak_memory(&self) -> u64 {
-        let main = memory::read_peak_bytes(self.pid).unwrap_or_else(|err| {
-            tracing::debug!(pid = self.pid, %err, "cannot read peak memory");
-            0
-        });
+    fn peak_memory(&mut self) -> u64 {
+        let main = match self.peak.as_mut().map(PeakMeter::peak_bytes) {
+            Some(Ok(bytes)) => bytes,
+            Some(Err(err)) => {
+                tracing::debug!(pid = self.pid, %err, "cannot read peak memory");
+                0
+            }
+            None => 0,
+        };
         main.max(self.watchdog.peak_bytes())
     }
 

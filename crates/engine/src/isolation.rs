@@ -189,7 +189,11 @@ impl Isolator {
             limits,
         };
         let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;
+        let threads = plan
+            .cgroup()
+            .and_then(|cgroup| std::fs::File::open(cgroup.path().join("cgroup.threads")).ok());
         Ok(InstanceSandbox {
+            threads,
             plan: Arc::new(plan),
             _uid: uid,
             isolation,
@@ -219,6 +223,9 @@ impl Isolator {
 /// instance's cgroup to die): drop it from a blocking context, after killing the instance.
 #[derive(Debug)]
 pub(crate) struct InstanceSandbox {
+    /// The instance cgroup's `cgroup.threads`, kept open: it is read after every invocation.
+    /// Declared first, so it is closed before the plan removes the cgroup.
+    threads: Option<std::fs::File>,
     plan: Arc<Plan>,
     // Declared after `plan`: the uid is released only once the plan has killed what was left.
     _uid: IdLease,
@@ -276,9 +283,8 @@ impl InstanceSandbox {
 
     /// The function's processes and threads in this instance.
     fn tasks(&self, spawned: u32) -> Option<u64> {
-        if let Some(cgroup) = self.plan.cgroup() {
-            let threads = std::fs::read_to_string(cgroup.path().join("cgroup.threads")).ok()?;
-            let all = u64::try_from(threads.lines().count()).ok()?;
+        if let Some(file) = &self.threads {
+            let all = count_lines(file)?;
             let own = match self.isolation {
                 Isolation::Sandbox => SANDBOX_PROCESSES,
                 Isolation::None => 0,
@@ -351,6 +357,22 @@ fn threads_of(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .map(|tasks| tasks.count() as u64)
         .unwrap_or(0)
+}
+
+/// The lines of a kernel file read from its start through an open descriptor.
+fn count_lines(file: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut chunk = [0_u8; 4096];
+    let (mut offset, mut lines) = (0_u64, 0_u64);
+    loop {
+        match file.read_at(&mut chunk, offset).ok()? {
+            0 => return Some(lines),
+            n => {
+                lines += chunk[..n].iter().filter(|&&b| b == b'\n').count() as u64;
+                offset += n as u64;
+            }
+        }
+    }
 }
 
 /// The host's online CPUs: a function may widen its affinity, but not past these.

@@ -125,15 +125,53 @@ pub(crate) fn reports_out_of_memory(output: &str) -> bool {
     REPORTS.iter().any(|report| tail.contains(report))
 }
 
-/// Resets the peak resident set of `pid` to its current resident set.
-pub(crate) fn reset_peak(pid: u32) -> io::Result<()> {
-    std::fs::write(format!("/proc/{pid}/clear_refs"), b"5")
+/// The peak resident set of one process, reset per invocation: `VmHWM` of its
+/// `/proc/<pid>/status`, reset by writing `5` to its `clear_refs`.
+///
+/// Both files stay open for the instance's life and are read and written at offset 0: a path
+/// lookup under `/proc` costs more than the read itself, twice per invocation. An open file
+/// also keeps naming the same process: once it is gone, reads fail rather than reach a
+/// process that reused its pid.
+#[derive(Debug)]
+pub(crate) struct PeakMeter {
+    status: std::fs::File,
+    clear_refs: std::fs::File,
+    buffer: Vec<u8>,
 }
 
-/// The peak resident set of `pid` since the last reset, in bytes.
-pub(crate) fn read_peak_bytes(pid: u32) -> io::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_hwm(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmHWM"))
+impl PeakMeter {
+    /// Opens the files of `pid`.
+    pub(crate) fn open(pid: u32) -> io::Result<PeakMeter> {
+        Ok(PeakMeter {
+            status: std::fs::File::open(format!("/proc/{pid}/status"))?,
+            clear_refs: std::fs::OpenOptions::new()
+                .write(true)
+                .open(format!("/proc/{pid}/clear_refs"))?,
+            buffer: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Resets the peak to the current resident set.
+    pub(crate) fn reset(&self) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.clear_refs.write_at(b"5", 0).map(drop)
+    }
+
+    /// The peak since the last reset, in bytes.
+    pub(crate) fn peak_bytes(&mut self) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        self.buffer.clear();
+        let mut chunk = [0_u8; 4096];
+        loop {
+            let offset = self.buffer.len() as u64;
+            match self.status.read_at(&mut chunk, offset)? {
+                0 => break,
+                n => self.buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let status = String::from_utf8_lossy(&self.buffer);
+        parse_vm_hwm(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmHWM"))
+    }
 }
 
 fn parse_vm_hwm(status: &str) -> Option<u64> {
@@ -347,9 +385,32 @@ mod tests {
     }
 
     #[test]
-    fn reads_own_peak() {
-        let peak = read_peak_bytes(std::process::id()).expect("own status is readable");
-        assert!(peak > 0);
+    fn measures_a_peak_and_resets_it() {
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import sys\nb = bytearray(64 << 20)\nfor i in range(0, len(b), 4096): b[i] = 1\n\
+                 del b\nprint('freed', flush=True)\nsys.stdin.read()",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 starts");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("read");
+        assert_eq!(line.trim(), "freed");
+        let mut meter = PeakMeter::open(child.id()).expect("open");
+        // Read twice through the same open file: each read starts at the top.
+        let before = meter.peak_bytes().expect("peak");
+        assert_eq!(meter.peak_bytes().expect("peak again"), before);
+        assert!(before > 64 << 20, "peak {before}");
+        meter.reset().expect("reset");
+        let after = meter.peak_bytes().expect("peak after reset");
+        assert!(after < 64 << 20, "peak after reset {after}");
+        drop(child.stdin.take());
+        child.wait().expect("reap");
+        assert!(meter.peak_bytes().is_err(), "a gone process has no peak");
     }
 
     #[test]

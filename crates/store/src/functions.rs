@@ -1,5 +1,8 @@
 //! Function rows: configuration plus the hash of the current code package.
 
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::{Store, StoreError};
@@ -123,6 +126,40 @@ fn encode_environment(environment: &[(String, String)]) -> String {
     serde_json::to_string(environment).unwrap_or_else(|_| "[]".to_owned())
 }
 
+/// Functions by (namespace, name), as last read from the database.
+///
+/// Coherent because every change to the table goes through this store, and both filling an
+/// entry (on a miss) and dropping one (on an update or delete) happen while the connection's
+/// lock is held: a read that raced an update cannot put the old row back after the update
+/// dropped it. A hit takes no connection lock and runs no statement.
+#[derive(Default)]
+pub(crate) struct FunctionCache {
+    entries: RwLock<HashMap<(String, String), FunctionRecord>>,
+}
+
+impl FunctionCache {
+    fn get(&self, namespace: &str, name: &str) -> Option<FunctionRecord> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        // Keyed by owned strings; the lookup allocates the key once.
+        entries
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    fn put(&self, record: &FunctionRecord) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.insert(
+            (record.namespace.clone(), record.function_name.clone()),
+            record.clone(),
+        );
+    }
+
+    fn drop_entry(&self, namespace: &str, name: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        entries.remove(&(namespace.to_owned(), name.to_owned()));
+    }
+}
+
 impl Store {
     /// Inserts a new function, in one statement that also checks that its namespace exists
     /// (so a namespace deleted concurrently cannot gain a function).
@@ -187,6 +224,7 @@ impl Store {
         record: FunctionRecord,
         expected_revision: u64,
     ) -> Result<bool, StoreError> {
+        let cache = Arc::clone(&self.functions);
         self.with(move |conn| {
             let updated = conn.execute(
                 "UPDATE functions SET handler = ?3, runtime = ?4, description = ?5, \
@@ -214,6 +252,7 @@ impl Store {
                     record.init_timeout,
                 ],
             )?;
+            cache.drop_entry(&record.namespace, &record.function_name);
             Ok(updated == 1)
         })
         .await
@@ -228,9 +267,12 @@ impl Store {
         namespace: &str,
         function_name: &str,
     ) -> Result<Option<FunctionRecord>, StoreError> {
+        if let Some(record) = self.functions.get(namespace, function_name) {
+            return Ok(Some(record));
+        }
         let (namespace, function_name) = (namespace.to_owned(), function_name.to_owned());
+        let cache = Arc::clone(&self.functions);
         self.with(move |conn| {
-            // Cached: every invocation looks its function up.
             let row = conn
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM functions \
@@ -238,7 +280,11 @@ impl Store {
                 ))?
                 .query_row(params![namespace, function_name], from_row)
                 .optional()?;
-            row.map(decode).transpose()
+            let record = row.map(decode).transpose()?;
+            if let Some(record) = &record {
+                cache.put(record);
+            }
+            Ok(record)
         })
         .await
     }
@@ -253,11 +299,13 @@ impl Store {
         function_name: &str,
     ) -> Result<bool, StoreError> {
         let (namespace, function_name) = (namespace.to_owned(), function_name.to_owned());
+        let cache = Arc::clone(&self.functions);
         self.with(move |conn| {
             let deleted = conn.execute(
                 "DELETE FROM functions WHERE namespace = ?1 AND function_name = ?2",
                 params![namespace, function_name],
             )?;
+            cache.drop_entry(&namespace, &function_name);
             Ok(deleted == 1)
         })
         .await
@@ -410,6 +458,37 @@ mod tests {
             .expect("exists");
         assert_eq!((got.revision, got.timeout), (2, 9));
         assert_eq!(got.environment, vec![("K".to_owned(), "V".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn reads_after_updates_and_deletes_see_them() {
+        let (_dir, store) = open();
+        let get = || store.get_function("default", "f1");
+        assert_eq!(get().await.expect("get"), None);
+        store
+            .insert_function(record("f1", 1))
+            .await
+            .expect("insert");
+        // The first read fills the cache, the second is served from it.
+        assert_eq!(get().await.expect("get"), Some(record("f1", 1)));
+        assert_eq!(get().await.expect("get"), Some(record("f1", 1)));
+        let mut next = record("f1", 1);
+        next.revision = 2;
+        next.timeout = 9;
+        assert!(
+            store
+                .update_function(next.clone(), 1)
+                .await
+                .expect("update")
+        );
+        assert_eq!(get().await.expect("get"), Some(next));
+        assert!(
+            store
+                .delete_function("default", "f1")
+                .await
+                .expect("delete")
+        );
+        assert_eq!(get().await.expect("get"), None);
     }
 
     #[tokio::test]

@@ -18,6 +18,9 @@
 //! - One connection behind a mutex serialises all statements. That is plenty for a laptop
 //!   node; a connection pool (or the PostgreSQL backend from `DESIGN.md`) is the way past it.
 //! - There is no store trait yet: SQLite is the only backend.
+//! - Function rows are cached in memory once read, which is coherent only while this process
+//!   is the database's one writer (as it is: one server per data directory). Several nodes
+//!   sharing a database would need the cache invalidated across them.
 
 mod functions;
 mod invocations;
@@ -69,6 +72,8 @@ pub struct Store {
     conn: Arc<Mutex<Connection>>,
     /// The group-commit writer of synchronous invocation records (see `invocations.rs`).
     records: std::sync::mpsc::Sender<invocations::PendingRecord>,
+    /// Functions read so far (see `functions.rs`): every invocation looks its function up.
+    functions: Arc<functions::FunctionCache>,
 }
 
 impl Store {
@@ -87,7 +92,11 @@ impl Store {
         let conn = Arc::new(Mutex::new(conn));
         let records =
             invocations::start_record_writer(Arc::clone(&conn)).map_err(StoreError::Writer)?;
-        Ok(Store { conn, records })
+        Ok(Store {
+            conn,
+            records,
+            functions: Arc::default(),
+        })
     }
 
     /// Runs `f` with the connection on the blocking pool.

@@ -31,7 +31,7 @@ use tokio::time::{Instant, sleep_until};
 
 use super::{Instance, Invocation, Run, RunEnd, Wait};
 use crate::log::LogCollector;
-use crate::memory::{self, Sample};
+use crate::memory::Sample;
 use crate::protocol::Reply;
 use crate::runtime_api::{Answer, RuntimeApi};
 use crate::{EngineError, InvocationResult, scf};
@@ -96,10 +96,7 @@ impl Instance {
             let now = std::time::Instant::now();
             return self.killed(RunEnd::Stale, log, now, 0).await;
         }
-        if let Err(err) = memory::reset_peak(self.pid) {
-            tracing::debug!(pid = self.pid, %err, "cannot reset peak memory");
-        }
-        self.watchdog.start_invocation();
+        self.start_measuring();
 
         let started = std::time::Instant::now();
         let deadline = Instant::from_std(started) + invocation.timeout;
