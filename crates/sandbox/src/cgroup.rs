@@ -376,6 +376,11 @@ impl CgroupHandle {
             })
     }
 
+    /// Writes `memory.max` (limit mode only).
+    pub(crate) fn set_memory_max(&self, bytes: u64) -> Result<(), SandboxError> {
+        write_control(&self.dir.join("memory.max"), &bytes.to_string())
+    }
+
     /// `memory.current` in bytes; `None` without the memory controller.
     ///
     /// # Errors

@@ -66,6 +66,7 @@ mod cgroup;
 mod child;
 mod config;
 mod error;
+mod inject;
 mod netns;
 mod node;
 mod plan;
@@ -78,6 +79,7 @@ pub use config::{
     InstanceSpec, Isolation, Limits, Network, SandboxConfig,
 };
 pub use error::SandboxError;
+pub use inject::{CodeNamespace, mount_code};
 pub use netns::NetNamespace;
 pub use node::{Availability, Capabilities, CgroupSupport, Sandbox, probe};
 pub use plan::{MemoryEnforcement, MemoryStatus, Plan};

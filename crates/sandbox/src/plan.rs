@@ -212,7 +212,8 @@ pub struct Plan {
     cgroup: Option<CgroupHandle>,
     code_root: PathBuf,
     uid: Option<u32>,
-    memory_limit_bytes: u64,
+    /// Lowered once by [`Plan::lower_memory_limit`] when a pre-started instance is claimed.
+    memory_limit_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Plan {
@@ -264,7 +265,7 @@ impl Plan {
             cgroup,
             code_root,
             uid,
-            memory_limit_bytes,
+            memory_limit_bytes: std::sync::atomic::AtomicU64::new(memory_limit_bytes),
         })
     }
 
@@ -303,6 +304,26 @@ impl Plan {
         unsafe {
             command.pre_exec(move || plan.enter());
         }
+    }
+
+    /// Lowers the instance's memory limit to `memory_mb` (never raises it): for an instance
+    /// started before its function was known, with the largest limit, and claimed by a function
+    /// with a smaller one. Writes `memory.max` in limit mode.
+    ///
+    /// # Errors
+    ///
+    /// [`SandboxError::WriteCgroup`] if `memory.max` cannot be written.
+    pub fn lower_memory_limit(&self, memory_mb: u32) -> Result<(), SandboxError> {
+        let bytes = u64::from(memory_mb) << 20;
+        let before = self
+            .memory_limit_bytes
+            .fetch_min(bytes, std::sync::atomic::Ordering::Relaxed);
+        if bytes < before
+            && let Some(cgroup) = self.cgroup.as_ref().filter(|c| c.is_limited())
+        {
+            cgroup.set_memory_max(bytes)?;
+        }
+        Ok(())
     }
 
     /// The instance's cgroup, if cgroups are in use.
@@ -379,7 +400,9 @@ impl Plan {
     ///
     /// [`SandboxError::Read`] if the cgroup or `/proc` files cannot be read.
     pub fn check_memory(&self, spawned_pid: u32) -> Result<MemoryStatus, SandboxError> {
-        let limit_bytes = self.memory_limit_bytes;
+        let limit_bytes = self
+            .memory_limit_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
         if let Some(cgroup) = self.cgroup.as_ref().filter(|c| c.is_limited()) {
             let current = cgroup.memory_current()?.unwrap_or(0);
             if cgroup.oom_kills()?.unwrap_or(0) > 0 {

@@ -129,6 +129,44 @@ fn runtime_pid_is_the_function_process() {
 }
 
 #[test]
+fn code_mounted_into_a_running_instance_appears_read_only_at_var_user() {
+    let Some(sandbox) = sandbox() else { return };
+    let placeholder = code_dir(&[]);
+    let code = code_dir(&[("index.py", "LATE CODE")]);
+    let host_var_user = Path::new(nimbus_sandbox::CODE_ROOT).exists();
+    let mut spec = spec(214, placeholder.path());
+    spec.memory_mb = 512;
+    let plan = Arc::new(Plan::new(&sandbox, &spec).expect("plan"));
+    let script = "echo READY; i=0; while [ ! -e /var/user/index.py ] && [ $i -lt 200 ]; do \
+                  sleep 0.05; i=$((i+1)); done; cd /var/user; echo CODE $(cat index.py); \
+                  touch /var/user/new 2>/dev/null && echo WRITABLE || echo READ_ONLY";
+    let mut command = command(&plan, Path::new("/bin/sh"), &["-c", script]);
+    command.stderr(Stdio::null());
+    let mut child = command.spawn().expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    wait_for_line(&mut stdout, "READY");
+    let runtime = plan
+        .runtime_pid(child.id())
+        .expect("read /proc")
+        .expect("a runtime process");
+    let namespace = nimbus_sandbox::CodeNamespace::of(runtime).expect("mount namespace");
+    nimbus_sandbox::mount_code(&namespace, code.path()).expect("mount the code");
+    plan.lower_memory_limit(128).expect("lower the limit");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
+    child.wait().expect("reap");
+    drop(plan);
+
+    assert!(rest.contains("CODE LATE CODE"), "{rest}");
+    assert!(rest.contains("READ_ONLY"), "{rest}");
+    assert!(!placeholder.path().join("index.py").exists());
+    assert_eq!(Path::new(nimbus_sandbox::CODE_ROOT).exists(), host_var_user);
+    // The server's own namespace is refused.
+    assert!(nimbus_sandbox::CodeNamespace::of(std::process::id()).is_err());
+    assert_no_process_of(spec.uid);
+}
+
+#[test]
 fn the_cgroup_tracks_and_kills_the_whole_instance() {
     let Some(sandbox) = sandbox() else { return };
     let Some(root) = sandbox.cgroup_dir().map(Path::to_owned) else {
