@@ -90,13 +90,17 @@ pool grow to its working size. Server: `keep_alive_secs = 600`, `concurrency = 1
 `memory_budget_mb` large enough for every instance the group keeps warm.
 - **mixed**: 100 no-op Python functions, all warmed once, invoked round-robin on 16 \
 connections (same server).
-- **cold, fresh**: `CreateFunction`, wait until `Active`, then time the first `Invoke` on an \
-already open connection. **cold, after reclaim**: the same functions once their instances \
-were stopped by keep-alive expiry (server: `keep_alive_secs = 1`; the suite waits until the \
-instance processes are gone).
-- **idle PSS**: after one invocation of a fresh function, the proportional set size \
-(`/proc/<pid>/smaps_rollup`) of every process that appeared under the server for it, 0.5 s \
-later (server defaults).
+- **cold, fresh**: 0.25 s after the previous one (one cold start at a time, not a burst), \
+`CreateFunction`, wait until `Active`, then time the first `Invoke` on an already open \
+connection (the Python function answers with its uid). **cold, after reclaim**: the same \
+functions, 0.25 s apart, once their instances were stopped by keep-alive expiry (server: \
+`keep_alive_secs = 1`; the suite waits until the instance processes are gone: for Python, \
+those of the function's uid and the sandbox's above them, since spare interpreters started \
+meanwhile stay). A Python cold start takes a spare interpreter when one is ready \
+(`python_spares`, on by default).
+- **idle PSS**: after one invocation of a fresh function (which answers with its uid), the \
+proportional set size (`/proc/<pid>/smaps_rollup`) of its instance: the processes of its uid \
+and the sandbox's waiter and init above them, 0.5 s later (server defaults).
 - **async**: `Invoke` with `InvocationType=Event` on 16 connections; events accepted per \
 second (each is committed to the database before the answer). Server: `[queue]` limits raised \
 so that the accept rate, not the back-pressure limit, is measured.

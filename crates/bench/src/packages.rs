@@ -76,6 +76,19 @@ impl Runtime {
 
 const PYTHON_NOOP: &str = "def main_handler(event, context):\n    return None\n";
 
+/// A Python function that answers with the uid it runs as: how the memory and cold-start
+/// scenarios find an instance's processes (spares, started ahead, are no instance's).
+const PYTHON_UID: &str = "import os\n\ndef main_handler(event, context):\n    return os.getuid()\n";
+
+/// The uid-reporting Python function's package, base64-encoded for `Code.ZipFile`.
+///
+/// # Errors
+/// Only if zipping in memory fails.
+pub fn python_uid_package_base64() -> anyhow::Result<String> {
+    let zip = zip_files(&[("index.py", 0o644, PYTHON_UID)]).context("cannot zip the function")?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(zip))
+}
+
 const NODE_NOOP: &str = "exports.main_handler = async (event, context) => null;\n";
 
 const CUSTOM_BOOTSTRAP: &str = r#"#!/bin/bash

@@ -139,6 +139,37 @@ pub fn descendants(pid: u32) -> Vec<u32> {
     found
 }
 
+/// The processes of the instance whose function runs as `uid`, under the server `server`:
+/// every descendant of the server running as `uid`, and the processes between them and the
+/// server (a sandbox's waiter and init), sorted.
+pub fn instance_processes(server: u32, uid: u32) -> Vec<u32> {
+    let parents = parent_map();
+    let mut found = std::collections::BTreeSet::new();
+    for pid in descendants(server) {
+        if uid_of(pid) != Some(uid) {
+            continue;
+        }
+        let mut next = Some(pid);
+        while let Some(pid) = next.filter(|&p| p != server && p > 1) {
+            found.insert(pid);
+            next = parents.get(&pid).copied();
+        }
+    }
+    found.into_iter().collect()
+}
+
+/// The real uid of `pid`.
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// The proportional set size of `pid` in KiB, from `/proc/<pid>/smaps_rollup`.
 pub fn pss_kib(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;

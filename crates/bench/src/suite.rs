@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::api::{
@@ -87,6 +87,9 @@ impl Budget {
         }
     }
 }
+
+/// The pause before each fresh function's deployment in the cold-start scenarios.
+const COLD_START_SPACING: Duration = Duration::from_millis(250);
 
 /// The targets of issues 4 and 8, each comparing two outcomes of the same run.
 pub const TARGETS: &[TargetSpec] = &[
@@ -607,25 +610,24 @@ impl Suite {
         let mut failures = Failures::default();
         for (round, sample) in samples.iter_mut().enumerate() {
             let name = format!("memory-python-{round}");
-            let before: HashSet<u32> = process::descendants(server.pid()).into_iter().collect();
-            let ready = match deploy(&mut client, &name, Runtime::Python).await {
-                Ok(()) => invoke_once(&mut client, &name).await,
+            let uid = match deploy_uid_reporter(&mut client, &name).await {
+                Ok(()) => uid_of(&mut client, &name).await,
                 Err(error) => Err(error),
             };
-            if let Err(error) = ready {
-                failures.add(error.reason());
-                continue;
-            }
+            let uid = match uid {
+                Ok(uid) => uid,
+                Err(error) => {
+                    failures.add(error.reason());
+                    continue;
+                }
+            };
             tokio::time::sleep(self.budget.pss_settle).await;
-            let appeared: Vec<u32> = process::descendants(server.pid())
-                .into_iter()
-                .filter(|pid| !before.contains(pid))
-                .collect();
-            let kib: u64 = appeared
+            let instance = process::instance_processes(server.pid(), uid);
+            let kib: u64 = instance
                 .iter()
                 .filter_map(|pid| process::pss_kib(*pid))
                 .sum();
-            if appeared.is_empty() || kib == 0 {
+            if instance.is_empty() || kib == 0 {
                 failures.add("no process appeared under the server for the instance".into());
             } else {
                 sample.push(kib as f64 / 1024.0);
@@ -635,7 +637,7 @@ impl Suite {
             .with_pss(&samples)
             .with_failures(failures);
         outcome.notes.push(format!(
-            "sum of the PSS of every process that appeared under the server for one fresh function's first invocation, {} ms later",
+            "sum of the PSS of one fresh function's instance, {} ms after its first invocation: the processes of its uid and the sandbox's own above them up to the server",
             self.budget.pss_settle.as_millis()
         ));
         self.push(outcome);
@@ -699,9 +701,17 @@ impl Suite {
         for round in 0..rounds {
             let before: HashSet<u32> = process::descendants(server.pid()).into_iter().collect();
             let mut names = Vec::new();
+            let mut uids = Vec::new();
             for i in 0..self.budget.cold_per_round {
                 let name = format!("cold-{}-{round}-{i}", runtime.key());
-                if let Err(error) = deploy(&mut client, &name, runtime).await {
+                // One cold start at a time, not a burst: each finds the server idle.
+                tokio::time::sleep(COLD_START_SPACING).await;
+                let deployed = match runtime {
+                    // Python answers with its uid, by which its instance is found below.
+                    Runtime::Python => deploy_uid_reporter(&mut client, &name).await,
+                    _ => deploy(&mut client, &name, runtime).await,
+                };
+                if let Err(error) = deployed {
                     let reason = unavailable(runtime, &error);
                     if names.is_empty()
                         && round == 0
@@ -717,17 +727,28 @@ impl Suite {
                     continue;
                 }
                 match timed_invoke(&target, &name).await {
-                    Ok(ms) => fresh[round].push(ms),
+                    Ok((ms, answer)) => {
+                        fresh[round].push(ms);
+                        uids.extend(answer.as_u64().and_then(|uid| u32::try_from(uid).ok()));
+                    }
                     Err(message) => fresh_failures.add(message),
                 }
                 names.push(name);
             }
 
             // Wait until the instances started above are gone: keep-alive expiry reclaimed them.
-            let instances: Vec<u32> = process::descendants(server.pid())
-                .into_iter()
-                .filter(|pid| !before.contains(pid))
-                .collect();
+            // Python's are found by uid (the spares started meanwhile stay); the others' are
+            // the processes that appeared.
+            let instances: Vec<u32> = match runtime {
+                Runtime::Python => uids
+                    .iter()
+                    .flat_map(|&uid| process::instance_processes(server.pid(), uid))
+                    .collect(),
+                _ => process::descendants(server.pid())
+                    .into_iter()
+                    .filter(|pid| !before.contains(pid))
+                    .collect(),
+            };
             let limit = keep_alive * 3 + Duration::from_secs(5);
             let waited_from = Instant::now();
             while instances.iter().any(|pid| process::alive(*pid)) && waited_from.elapsed() < limit
@@ -740,8 +761,9 @@ impl Suite {
                 ));
             }
             for name in &names {
+                tokio::time::sleep(COLD_START_SPACING).await;
                 match timed_invoke(&target, name).await {
-                    Ok(ms) => reclaimed[round].push(ms),
+                    Ok((ms, _)) => reclaimed[round].push(ms),
                     Err(message) => reclaimed_failures.add(message),
                 }
             }
@@ -861,12 +883,25 @@ impl Suite {
 
 /// Creates a no-op function and waits until it is `Active`.
 async fn deploy(client: &mut Client, name: &str, runtime: Runtime) -> Result<(), CallError> {
-    let code = runtime
-        .package_base64()
-        .map_err(|error| CallError::Refused {
-            action: "CreateFunction".into(),
-            reason: format!("{error:#}"),
-        })?;
+    deploy_code(client, name, runtime, runtime.package_base64()).await
+}
+
+/// Deploys the function that answers with its uid (Python).
+async fn deploy_uid_reporter(client: &mut Client, name: &str) -> Result<(), CallError> {
+    let code = crate::packages::python_uid_package_base64();
+    deploy_code(client, name, Runtime::Python, code).await
+}
+
+async fn deploy_code(
+    client: &mut Client,
+    name: &str,
+    runtime: Runtime,
+    code: anyhow::Result<String>,
+) -> Result<(), CallError> {
+    let code = code.map_err(|error| CallError::Refused {
+        action: "CreateFunction".into(),
+        reason: format!("{error:#}"),
+    })?;
     client
         .call(
             "CreateFunction",
@@ -925,17 +960,36 @@ fn unavailable(runtime: Runtime, error: &CallError) -> String {
 
 /// One synchronous invocation, untimed (to warm an instance).
 async fn invoke_once(client: &mut Client, name: &str) -> Result<(), CallError> {
+    invoke_for_result(client, name).await.map(drop)
+}
+
+/// Invokes `name` once and returns its `RetMsg`, parsed.
+async fn invoke_for_result(client: &mut Client, name: &str) -> Result<Value, CallError> {
     let request = client
         .target()
         .invoke(Dialect::Api3, name, InvocationType::RequestResponse);
-    client
-        .send("Invoke", Expect::Api3, request)
-        .await
-        .map(|_| ())
+    let answer = client.send("Invoke", Expect::Api3, request).await?;
+    let ret_msg = answer["Response"]["Result"]["RetMsg"]
+        .as_str()
+        .unwrap_or("null");
+    Ok(serde_json::from_str(ret_msg).unwrap_or(Value::Null))
 }
 
-/// The latency (ms) of one synchronous invocation on an already open connection.
-async fn timed_invoke(target: &Target, name: &str) -> Result<f64, String> {
+/// The uid a uid-reporting function answered with.
+async fn uid_of(client: &mut Client, name: &str) -> Result<u32, CallError> {
+    let value = invoke_for_result(client, name).await?;
+    value
+        .as_u64()
+        .and_then(|uid| u32::try_from(uid).ok())
+        .ok_or_else(|| CallError::Refused {
+            action: "Invoke".into(),
+            reason: format!("expected a uid, got {value}"),
+        })
+}
+
+/// The latency (ms) of one synchronous invocation, timed once a fresh connection is open, and
+/// its `RetMsg`.
+async fn timed_invoke(target: &Target, name: &str) -> Result<(f64, Value), String> {
     let mut connection = Connection::open(target.addr)
         .await
         .map_err(|e| crate::api::error_chain(&e))?;
@@ -946,8 +1000,11 @@ async fn timed_invoke(target: &Target, name: &str) -> Result<f64, String> {
     let (status, body) = answer
         .map_err(|_| "no answer within 60 s".to_owned())?
         .map_err(|e| crate::api::error_chain(&e))?;
-    crate::api::check(Expect::Api3, status, &body)?;
-    Ok(ms)
+    let answer = crate::api::check(Expect::Api3, status, &body)?;
+    let ret_msg = answer["Response"]["Result"]["RetMsg"]
+        .as_str()
+        .unwrap_or("null");
+    Ok((ms, serde_json::from_str(ret_msg).unwrap_or(Value::Null)))
 }
 
 /// Warns when the server died during its group (its scenarios then show the failures).

@@ -39,6 +39,8 @@ impl Defaults {
     pub const ISOLATION: IsolationMode = IsolationMode::Sandbox;
     /// Size of each instance's private `/tmp` (and its largest file), MiB.
     pub const TMP_MB: u64 = 64;
+    /// Python interpreters kept started ahead of need (the engine's default).
+    pub const PYTHON_SPARES: u32 = nimbus_engine::DEFAULT_PYTHON_SPARES;
 
     /// `$NIMBUS_DATA_DIR`, else `$XDG_DATA_HOME/nimbus`, else `~/.local/share/nimbus`.
     pub fn data_dir() -> PathBuf {
@@ -136,6 +138,8 @@ pub struct FileEngine {
     pub isolation: Option<IsolationMode>,
     /// Size of each instance's `/tmp`, MiB.
     pub tmp_mb: Option<u64>,
+    /// Python interpreters kept started ahead of need; 0 turns them off.
+    pub python_spares: Option<u32>,
 }
 
 /// The resolved configuration of `nimbus serve`.
@@ -172,6 +176,8 @@ pub struct ServeConfig {
     pub isolation: IsolationMode,
     /// Size of each instance's `/tmp`, MiB.
     pub tmp_mb: u64,
+    /// Python interpreters kept started ahead of need.
+    pub python_spares: u32,
 }
 
 /// Reads the TOML file.
@@ -279,6 +285,7 @@ pub fn resolve(
             .or(file.engine.isolation)
             .unwrap_or(Defaults::ISOLATION),
         tmp_mb,
+        python_spares: file.engine.python_spares.unwrap_or(Defaults::PYTHON_SPARES),
     })
 }
 
@@ -318,6 +325,7 @@ mod tests {
             (config.isolation, config.tmp_mb),
             (IsolationMode::Sandbox, 64)
         );
+        assert_eq!(config.python_spares, 2);
     }
 
     #[test]

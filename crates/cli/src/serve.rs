@@ -58,6 +58,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.memory_budget_mb = config.memory_budget_mb;
     engine_config.sandbox.isolation = config.isolation.into();
     engine_config.tmp_bytes = config.tmp_mb.saturating_mul(1024 * 1024);
+    engine_config.python_spares = config.python_spares;
     let mut runtimes = vec![RuntimeFamily::Python3];
     match nimbus_engine::resolve_node(&config.node).await {
         Ok(node) => {

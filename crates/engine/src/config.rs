@@ -23,6 +23,9 @@ use nimbus_sandbox::SandboxConfig;
 
 use crate::EngineError;
 
+/// Python instances started ahead of need ([`EngineConfig::python_spares`]).
+pub const DEFAULT_PYTHON_SPARES: u32 = 2;
+
 /// How long an idle instance is kept: 10 minutes.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
 /// Per-invocation log cap: 1 MiB.
@@ -85,6 +88,10 @@ pub struct EngineConfig {
     pub max_processes: u64,
     /// Open files per process. Default [`DEFAULT_MAX_OPEN_FILES`].
     pub max_open_files: u64,
+    /// Python instances kept started ahead of need, sandboxed only: a Python cold start
+    /// takes one instead of starting an interpreter (see the engine's `spare.rs`). 0 turns
+    /// them off. Default [`DEFAULT_PYTHON_SPARES`].
+    pub python_spares: u32,
 }
 
 impl EngineConfig {
@@ -104,6 +111,7 @@ impl EngineConfig {
             tmp_bytes: DEFAULT_TMP_BYTES,
             max_processes: DEFAULT_MAX_PROCESSES,
             max_open_files: DEFAULT_MAX_OPEN_FILES,
+            python_spares: DEFAULT_PYTHON_SPARES,
         }
     }
 

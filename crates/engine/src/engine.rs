@@ -22,7 +22,8 @@
 //! - Concurrency is one node-wide number per function ([`EngineConfig::default_concurrency`])
 //!   plus the node's memory budget ([`EngineConfig::memory_budget_mb`]); SCF's reserved
 //!   concurrency (accounted in MB per function) is not enforced.
-//! - Instances start cold on demand; there is no pre-initialised (zygote) interpreter yet.
+//! - Python cold starts take a spare (an interpreter started ahead, see `spare.rs`) when there
+//!   is one; other runtimes start their instances on demand.
 //! - A failed start (init timeout, crash while loading) is not remembered: every invocation
 //!   that needs an instance tries once more, so a function whose init always fails costs one
 //!   start per call (never more, never in a loop). A back-off would spare the host.
@@ -44,6 +45,7 @@ use crate::protocol::{self, EventFrame, Reply};
 use crate::runtime::{self, Shims};
 use crate::runtime_api;
 use crate::sandbox::{self, Spawner};
+use crate::spare::{self, Spares};
 use crate::{
     EngineConfig, EngineError, FunctionSpec, InvocationOutcome, InvocationRequest,
     InvocationResult, scf,
@@ -62,6 +64,8 @@ struct Inner {
     isolator: Isolator,
     spawner: Spawner,
     pools: Mutex<Pools<Instance>>,
+    /// Python instances started ahead of need (see `spare.rs`).
+    spares: Spares,
 }
 
 impl Engine {
@@ -84,14 +88,17 @@ impl Engine {
         let spawner = Spawner::start(runtime.clone())?;
         let period = reaper_period(config.keep_alive);
         let pools = Pools::with_budget(config.memory_budget_mb);
+        let spares = Spares::new(&config)?;
         let inner = Arc::new(Inner {
             config,
             shims,
             isolator,
             spawner,
             pools: Mutex::new(pools),
+            spares,
         });
         runtime.spawn(reap_idle(Arc::downgrade(&inner), period));
+        inner.refill_spares();
         Ok(Engine { inner })
     }
 
@@ -144,6 +151,7 @@ impl Engine {
             (idle, pools.watch_leases())
         };
         stop_all(idle).await;
+        stop_all(self.inner.spares.close()).await;
         // The sender lives in the pools this engine holds, so waiting cannot fail.
         let _ = leases.wait_for(|open| *open == 0).await;
         tracing::debug!("engine shut down");
@@ -162,6 +170,11 @@ impl Engine {
     /// How instances' memory is bounded: cgroup `memory.max`, or `RLIMIT_DATA` and a watchdog.
     pub fn memory_enforcement(&self) -> MemoryEnforcement {
         self.inner.isolator.memory_enforcement()
+    }
+
+    /// Spare Python instances ready to be claimed right now (see [`EngineConfig::python_spares`]).
+    pub fn spare_instances(&self) -> usize {
+        self.inner.spares.ready()
     }
 
     /// Instances alive right now (idle or running), all functions.
@@ -229,7 +242,7 @@ impl Inner {
     }
 
     async fn run(
-        &self,
+        self: &Arc<Self>,
         spec: &FunctionSpec,
         request: InvocationRequest,
         mut lease: Lease,
@@ -276,11 +289,50 @@ impl Inner {
                 cold_start = true;
                 continue;
             }
-            return self.conclude(spec, &request, lease, run, cold_start).await;
+            let outcome = self.conclude(spec, &request, lease, run, cold_start).await;
+            if cold_start {
+                // Only now: starting a spare (a fork of this server, an interpreter start)
+                // would slow down the very invocation that used the last one.
+                self.refill_spares();
+            }
+            return outcome;
         }
     }
 
-    async fn start(&self, spec: &FunctionSpec, request_id: &str) -> Result<Instance, EngineError> {
+    /// Starts spares in the background until there are as many as configured.
+    fn refill_spares(self: &Arc<Self>) {
+        let inner = Arc::clone(self);
+        tokio::spawn(async move { inner.spares.fill(inner.spare_context()).await });
+    }
+
+    fn spare_context(&self) -> spare::Context<'_> {
+        spare::Context {
+            config: &self.config,
+            shims: &self.shims,
+            isolator: &self.isolator,
+            spawner: &self.spawner,
+        }
+    }
+
+    async fn start(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        request_id: &str,
+    ) -> Result<Instance, EngineError> {
+        if self.spares.serves(spec) {
+            let limits = Limits {
+                init_timeout: spec.init_timeout,
+                memory_bytes: u64::from(spec.memory_mb) * 1024 * 1024,
+                log_bytes: self.config.log_limit_bytes,
+            };
+            let started = Instant::now();
+            let claimed = self.spares.claim(&self.spare_context(), spec, limits).await;
+            if let Some(claimed) = claimed {
+                let init_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                tracing::debug!(init_us, request_id, "spare instance claimed");
+                return claimed;
+            }
+        }
         let token = new_token().map_err(EngineError::SpawnInstance)?;
         let mut launch = runtime::launch(&self.config, &self.shims, spec, &token)?;
         let private_network = self.isolator.private_network(spec)?;
@@ -537,7 +589,7 @@ fn tag_of(spec: &FunctionSpec) -> Tag {
 }
 
 /// A random token for an instance's log marker: 128 bits from the kernel, as hex.
-fn new_token() -> std::io::Result<String> {
+pub(crate) fn new_token() -> std::io::Result<String> {
     use std::io::Read;
     let mut bytes = [0u8; 16];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;

@@ -45,7 +45,7 @@ use tokio::time::{Instant, sleep_until, timeout_at};
 use crate::isolation::InstanceSandbox;
 use crate::log::{LogCollector, end_marker};
 use crate::memory::{PeakMeter, Sample, Watchdog};
-use crate::protocol::{FrameReader, Hello, Reply};
+use crate::protocol::{FrameReader, Greeting, Hello, Reply};
 use crate::runtime::Launch;
 use crate::runtime_api::RuntimeApi;
 use crate::sandbox::{self, Spawned, Spawner};
@@ -175,6 +175,84 @@ impl Instance {
         api: Option<RuntimeApi>,
         sandbox: InstanceSandbox,
     ) -> Result<Instance, EngineError> {
+        Instance::start_expecting(
+            spawner,
+            launch,
+            token,
+            limits,
+            api,
+            sandbox,
+            Greeting::Ready,
+        )
+        .await
+    }
+
+    /// Starts a spare (see `spare.rs`): a Python shim that waits for a function.
+    pub(crate) async fn start_spare(
+        spawner: &Spawner,
+        launch: &Launch,
+        token: String,
+        limits: Limits,
+        sandbox: InstanceSandbox,
+    ) -> Result<Instance, EngineError> {
+        Instance::start_expecting(
+            spawner,
+            launch,
+            token,
+            limits,
+            None,
+            sandbox,
+            Greeting::Spare,
+        )
+        .await
+    }
+
+    /// Hands a spare to a function: its sandbox already holds the function's code and uid.
+    /// Sends the assignment and waits until the shim has loaded the handler, as a start would.
+    ///
+    /// On failure the process is already stopped.
+    pub(crate) async fn assign(
+        mut self,
+        assignment: &[u8],
+        limits: Limits,
+    ) -> Result<Instance, EngineError> {
+        self.watchdog.set_limit(limits.memory_bytes);
+        let sent = self.control.write_all(assignment).await;
+        let ready = match sent {
+            Ok(()) => {
+                self.await_ready(limits.init_timeout, limits.log_bytes, Greeting::Ready)
+                    .await
+            }
+            Err(err) => Err(EngineError::Control(err)),
+        };
+        match ready {
+            Ok(()) => Ok(self),
+            Err(err) => {
+                self.stop().await;
+                Err(err)
+            }
+        }
+    }
+
+    /// The sandbox, while the instance has one.
+    pub(crate) fn sandbox_mut(&mut self) -> Option<&mut InstanceSandbox> {
+        self.sandbox.as_mut()
+    }
+
+    /// The runtime's pid (the shim's), as the host sees it.
+    pub(crate) fn runtime_pid(&self) -> u32 {
+        self.pid
+    }
+
+    async fn start_expecting(
+        spawner: &Spawner,
+        launch: &Launch,
+        token: String,
+        limits: Limits,
+        api: Option<RuntimeApi>,
+        sandbox: InstanceSandbox,
+        greeting: Greeting,
+    ) -> Result<Instance, EngineError> {
         let Spawned {
             child,
             control,
@@ -225,7 +303,7 @@ impl Instance {
                 .await
         } else {
             instance
-                .await_ready(limits.init_timeout, limits.log_bytes)
+                .await_ready(limits.init_timeout, limits.log_bytes, greeting)
                 .await
         };
         match ready {
@@ -241,6 +319,7 @@ impl Instance {
         &mut self,
         init_timeout: Duration,
         log_limit: usize,
+        greeting: Greeting,
     ) -> Result<(), EngineError> {
         let deadline = Instant::now() + init_timeout;
         // An empty marker never matches: everything printed while starting is kept.
@@ -261,7 +340,11 @@ impl Instance {
             Ok(Some(bytes)) => {
                 let hello: Hello =
                     serde_json::from_slice(&bytes).map_err(EngineError::MalformedFrame)?;
-                if hello.ready {
+                let expected = match greeting {
+                    Greeting::Ready => hello.ready,
+                    Greeting::Spare => hello.spare,
+                };
+                if expected {
                     Ok(())
                 } else {
                     Err(EngineError::InstanceExitedAtStart { output: output() })

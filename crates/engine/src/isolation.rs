@@ -60,6 +60,14 @@ use crate::{EngineConfig, EngineError, FunctionSpec, Runtime};
 
 /// Processes of a sandboxed instance that are the sandbox's own and sit in its cgroup: init.
 const SANDBOX_PROCESSES: u64 = 1;
+/// The namespace of the keys spares hold their uids under: not a valid namespace name, so no
+/// function can have it.
+const SPARE_NAMESPACE: &str = "\0spare";
+/// A spare's memory bound until a function claims it: the largest a function may ask for.
+pub(crate) const SPARE_MEMORY_MB: u32 = 3072;
+/// A spare's init timeout and timeout, for its CPU backstop until claimed: the largest.
+const SPARE_INIT_TIMEOUT: Duration = Duration::from_secs(300);
+const SPARE_TIMEOUT: Duration = Duration::from_secs(900);
 /// Room left below the CPU backstop, beyond one timeout, before an instance is recycled.
 const CPU_RESERVE_SECS: f64 = 5.0;
 
@@ -189,18 +197,63 @@ impl Isolator {
             limits,
         };
         let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;
+        Ok(self.instance_sandbox(plan, uid, limits.cpu_secs))
+    }
+
+    /// Prepares the sandbox of spare number `n` (see `spare.rs`): a Python instance with no
+    /// function yet, holding a uid no function holds, an empty code directory (`placeholder`)
+    /// and the largest limits a function may be given ([`SPARE_MEMORY_MB`], the longest
+    /// timeouts); a claim narrows them ([`InstanceSandbox::narrow`]).
+    pub(crate) fn prepare_spare(
+        &self,
+        n: u64,
+        placeholder: &Path,
+        launch: &Launch,
+    ) -> Result<InstanceSandbox, EngineError> {
+        check_code_dir(placeholder)?;
+        let key = FunctionKey {
+            namespace: SPARE_NAMESPACE.to_owned(),
+            name: n.to_string(),
+        };
+        let config = self.sandbox.config();
+        let uid = IdLease::take(&self.ids, config.first_id, config.id_count, key)?;
+        let cpu_secs = (SPARE_INIT_TIMEOUT + SPARE_TIMEOUT + CPU_BACKSTOP_MARGIN).as_secs();
+        let limits = Limits {
+            nproc: self.nproc(),
+            nofile: self.max_open_files,
+            fsize_bytes: self.tmp_bytes,
+            cpu_secs,
+            data_bytes: Some(launch.data_limit_bytes),
+        };
+        let mut runtime_paths = self.python_paths.clone();
+        runtime_paths.push(self.shim_dir.clone());
+        let instance = InstanceSpec {
+            uid: uid.id,
+            gid: uid.id,
+            code_dir: placeholder.to_owned(),
+            runtime_paths,
+            tmp_bytes: self.tmp_bytes,
+            network: Network::Off,
+            memory_mb: SPARE_MEMORY_MB,
+            limits,
+        };
+        let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;
+        Ok(self.instance_sandbox(plan, uid, cpu_secs))
+    }
+
+    fn instance_sandbox(&self, plan: Plan, uid: IdLease, cpu_secs: u64) -> InstanceSandbox {
         let threads = plan
             .cgroup()
             .and_then(|cgroup| std::fs::File::open(cgroup.path().join("cgroup.threads")).ok());
-        Ok(InstanceSandbox {
+        InstanceSandbox {
             threads,
             plan: Arc::new(plan),
             _uid: uid,
-            isolation,
+            isolation: self.isolation(),
             max_processes: self.max_processes,
-            cpu_secs: limits.cpu_secs,
+            cpu_secs,
             created: Instant::now(),
-        })
+        }
     }
 
     /// `RLIMIT_NPROC`: every instance of a function runs as its uid, so the limit is the
@@ -241,6 +294,27 @@ impl InstanceSandbox {
     /// The plan, for `pre_exec` and the watchdog.
     pub(crate) fn plan(&self) -> &Arc<Plan> {
         &self.plan
+    }
+
+    /// Gives a spare's uid to the function `spec`, if the function holds no uid in use by a
+    /// live instance (its instances must share one uid); `false` otherwise, and nothing
+    /// changes.
+    pub(crate) fn adopt(&mut self, spec: &FunctionSpec) -> bool {
+        let key = FunctionKey {
+            namespace: spec.namespace.clone(),
+            name: spec.name.clone(),
+        };
+        self._uid.rekey(key)
+    }
+
+    /// Narrows a spare's limits to those of the function that claimed it: the memory bound
+    /// and the CPU backstop (the shim lowers its own rlimits).
+    pub(crate) fn narrow(&mut self, spec: &FunctionSpec) -> Result<(), EngineError> {
+        self.plan
+            .lower_memory_limit(spec.memory_mb)
+            .map_err(EngineError::PrepareSandbox)?;
+        self.cpu_secs = self.cpu_secs.min(cpu_backstop_secs(spec));
+        Ok(())
     }
 
     /// Whether the plan's memory check replaces the engine's own watchdog: in the sandbox,
@@ -312,7 +386,7 @@ impl InstanceSandbox {
 }
 
 /// The CPU-time backstop of an instance of `spec`, in whole seconds.
-fn cpu_backstop_secs(spec: &FunctionSpec) -> u64 {
+pub(crate) fn cpu_backstop_secs(spec: &FunctionSpec) -> u64 {
     let total = spec.init_timeout + spec.timeout + CPU_BACKSTOP_MARGIN;
     total.as_secs() + u64::from(total.subsec_nanos() > 0)
 }
@@ -483,6 +557,33 @@ impl IdLease {
             key,
             id,
         })
+    }
+}
+
+impl IdLease {
+    /// Moves this lease to the function `key`: its own if `key` holds no uid, or holds one
+    /// with no live instance (that uid is given back). `false`, with nothing changed, if `key`
+    /// has live instances under another uid.
+    fn rekey(&mut self, key: FunctionKey) -> bool {
+        let mut ids = lock(&self.table);
+        if let Some(holder) = ids.by_function.get(&key) {
+            if holder.live > 0 {
+                return false;
+            }
+            let old = holder.id;
+            ids.by_id.remove(&old);
+            ids.by_function.remove(&key);
+        }
+        let live = ids
+            .by_function
+            .remove(&self.key)
+            .map_or(1, |holder| holder.live);
+        ids.by_id.insert(self.id, key.clone());
+        ids.by_function
+            .insert(key.clone(), Holder { id: self.id, live });
+        drop(ids);
+        self.key = key;
+        true
     }
 }
 

@@ -284,6 +284,11 @@ impl Watchdog {
         }
     }
 
+    /// Lowers (never raises) the limit: a spare's, once a function claims it.
+    pub(crate) fn set_limit(&mut self, limit_bytes: u64) {
+        self.limit_bytes = self.limit_bytes.min(limit_bytes);
+    }
+
     /// When an invocation starting now should be sampled first.
     pub(crate) fn first_sample_at(&self) -> Instant {
         Instant::now() + self.pause

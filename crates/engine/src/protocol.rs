@@ -44,10 +44,23 @@ pub(crate) struct EventFrame<'a> {
     pub(crate) time_limit_ms: u128,
 }
 
-/// The shim's first frame.
+/// The shim's first frame: `{"ready": true}` once the handler is loaded, or, from a spare
+/// (see `spare.rs`), `{"spare": true}` while it waits for a function.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Hello {
+    #[serde(default)]
     pub(crate) ready: bool,
+    #[serde(default)]
+    pub(crate) spare: bool,
+}
+
+/// Which first frame an instance being started must send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Greeting {
+    /// `{"ready": true}`: a function's instance.
+    Ready,
+    /// `{"spare": true}`: a spare, waiting for a function.
+    Spare,
 }
 
 /// The shim's answer to an [`EventFrame`].

@@ -44,6 +44,8 @@ const NODE_BOOTSTRAP_FILE: &str = "bootstrap.js";
 
 /// Environment variable carrying the per-instance log marker token; the shim removes it.
 const LOG_TOKEN_VAR: &str = "_NIMBUS_LOG_TOKEN";
+/// Tells the Python shim it is a spare (see `spare.rs`).
+const SPARE_VAR: &str = "_NIMBUS_SPARE";
 /// The executable a custom runtime's code package must hold at its root.
 const CUSTOM_BOOTSTRAP_FILE: &str = "bootstrap";
 
@@ -119,6 +121,45 @@ pub(crate) struct Launch {
     pub(crate) data_limit_bytes: u64,
 }
 
+/// The launch plan of a Python spare (see `spare.rs`): the shim with the base environment
+/// only, told to wait for a function, allowed the data segment of the largest function.
+pub(crate) fn spare_launch(config: &EngineConfig, shims: &Shims, token: &str) -> Launch {
+    let code_root = PathBuf::from(nimbus_sandbox::CODE_ROOT);
+    let root = code_root.to_string_lossy().into_owned();
+    let env = [
+        ("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        ("LANG", "C.UTF-8"),
+        ("LC_ALL", "C.UTF-8"),
+        ("HOME", "/tmp"),
+        ("PYTHONDONTWRITEBYTECODE", "x"),
+        ("PYTHONPATH", root.as_str()),
+        ("USER_CODE_ROOT", root.as_str()),
+        (SPARE_VAR, "1"),
+        (LOG_TOKEN_VAR, token),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    Launch {
+        program: config.python.clone(),
+        args: python_args(shims),
+        env,
+        cwd: code_root,
+        data_limit_bytes: memory::data_limit_bytes(
+            Runtime::Python3,
+            crate::isolation::SPARE_MEMORY_MB,
+        ),
+    }
+}
+
+fn python_args(shims: &Shims) -> Vec<OsString> {
+    vec![
+        "-u".into(),
+        "-S".into(),
+        shims.python_bootstrap.clone().into(),
+    ]
+}
+
 /// The launch plan for an instance of `spec` whose log marker token is `token`.
 ///
 /// # Errors
@@ -138,14 +179,7 @@ pub(crate) fn launch(
         Isolation::None => code_dir.clone(),
     };
     let (program, args): (PathBuf, Vec<OsString>) = match spec.runtime {
-        Runtime::Python3 => (
-            config.python.clone(),
-            vec![
-                "-u".into(),
-                "-S".into(),
-                shims.python_bootstrap.clone().into(),
-            ],
-        ),
+        Runtime::Python3 => (config.python.clone(), python_args(shims)),
         Runtime::Nodejs => {
             let node = config.node.clone().ok_or(EngineError::RuntimeUnavailable {
                 runtime: spec.runtime.scf_name(),

@@ -27,6 +27,11 @@ engine then recycles the instance.
 The shim exits as soon as the control socket reaches end of file: the engine
 is gone or wants it gone.
 
+A spare (started with _NIMBUS_SPARE=1 before any function claimed it) first
+sends {"spare": true} and waits for {"assign": {"env", "rlimits"}}; it then
+lowers its limits, takes the function's environment and code directory, and
+goes on as above, from importing the handler.
+
 Start-up cost: the interpreter runs with -S, so no .pth file of the
 interpreter's site-packages runs (some import whole packages at every start);
 the shim puts those directories on sys.path itself, after the standard
@@ -234,13 +239,47 @@ def _refine_runtime_name():
     os.environ["SCF_RUNTIME"] = "Python%d.%d" % sys.version_info[:2]
 
 
+def _await_assignment(sock):
+    """A spare: started before its function was known, with the largest limits and an empty
+    code directory. Says so, then waits until a function claims it: by then the engine has
+    mounted the function's code; the shim lowers its limits to the function's, takes the
+    function's environment and goes on as if it had just started for that function."""
+    import resource
+
+    # The interpreter's first compile costs a millisecond or two of one-time set-up: pay it
+    # now rather than when the handler module is imported.
+    compile("def handler(event, context):\n    return {'ok': event}\n", "<spare>", "exec")
+    _send_frame(sock, {"spare": True})
+    frame = _recv_frame(sock)
+    if frame is None:
+        return False
+    assignment = frame["assign"]
+    for name, (soft, hard) in assignment.get("rlimits", {}).items():
+        limit = getattr(resource, name)
+        _, current = resource.getrlimit(limit)
+        if current != resource.RLIM_INFINITY:
+            hard = min(hard, current)  # lowering only: raising needs a privilege it lacks
+        resource.setrlimit(limit, (min(soft, hard), hard))
+    os.environ.clear()
+    os.environ.update(assignment["env"])
+    os.environ.pop("_NIMBUS_LOG_TOKEN", None)
+    code_root = os.environ.get("USER_CODE_ROOT", os.getcwd())
+    os.chdir(code_root)  # the directory the code was mounted over
+    sys.path[0] = code_root
+    importlib.invalidate_caches()
+    return True
+
+
 def main():
     token = os.environ.pop("_NIMBUS_LOG_TOKEN", "")
+    spare = os.environ.pop("_NIMBUS_SPARE", "") == "1"
     code_root = os.environ.get("USER_CODE_ROOT", os.getcwd())
     sys.path[0] = code_root  # replace this shim's own directory
     _add_site_packages()
-    _refine_runtime_name()
     sock = _take_control_socket()
+    if spare and not _await_assignment(sock):
+        os._exit(0)
+    _refine_runtime_name()
     runner = _Runner(os.environ.get("_HANDLER", ""))
     runner.load_at_start()
     _flush_output()

@@ -1,0 +1,137 @@
+//! Spare Python instances (the engine's `spare.rs`): started before any function needs them,
+//! claimed by a cold start, which then gets the function's code, environment, limits and uid
+//! as if the instance had been started for it. Runs as root, in the sandbox.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Fixture, child_processes, eventually, request, ret};
+use nimbus_engine::{Engine, Runtime};
+use nimbus_sandbox::DEFAULT_FIRST_ID;
+use serde_json::json;
+
+/// Reports what an instance of the function sees.
+const PROBE: &str = r#"
+import os, resource, sys, time
+
+def main_handler(event, context):
+    time.sleep(event.get("sleep", 0))
+    try:
+        with open("/var/user/written", "w"):
+            pass
+        writable = True
+    except OSError:
+        writable = False
+    return {
+        "uid": os.getuid(),
+        "cwd": os.getcwd(),
+        "path0": sys.path[0],
+        "greeting": os.environ.get("GREETING"),
+        "function": os.environ.get("SCF_FUNCTIONNAME"),
+        "runtime": os.environ.get("SCF_RUNTIME"),
+        "nimbus_vars": sorted(k for k in os.environ if k.startswith("_NIMBUS")),
+        "data": resource.getrlimit(resource.RLIMIT_DATA),
+        "cpu": resource.getrlimit(resource.RLIMIT_CPU),
+        "code": "def main_handler" in open("/var/user/index.py").read(),
+        "writable": writable,
+    }
+"#;
+
+async fn engine_with_spares(fixture: &Fixture, spares: u32) -> Engine {
+    let mut config = fixture.config().await;
+    config.python_spares = spares;
+    Engine::new(config).expect("engine starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_takes_a_spare_that_becomes_the_function_s_instance() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let engine = engine_with_spares(&fixture, 1).await;
+    eventually("a spare is ready", || engine.spare_instances() == 1).await;
+
+    let spec = fixture.spec("probe", Runtime::Python3);
+    let outcome = engine.invoke(&spec, request("r1", json!({}))).await;
+    // Taken: its replacement takes tens of milliseconds to start, and starts only now.
+    assert_eq!(engine.spare_instances(), 0);
+    assert!(outcome.cold_start);
+    let seen = ret(&outcome);
+    assert!(
+        seen["uid"].as_u64().expect("uid") >= u64::from(DEFAULT_FIRST_ID),
+        "{seen}"
+    );
+    assert_eq!(seen["cwd"], "/var/user");
+    assert_eq!(seen["path0"], "/var/user");
+    assert_eq!(seen["greeting"], "hello");
+    assert_eq!(seen["function"], "probe");
+    assert!(
+        seen["runtime"]
+            .as_str()
+            .expect("runtime")
+            .starts_with("Python3"),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["nimbus_vars"],
+        json!([]),
+        "the shim's variables leaked: {seen}"
+    );
+    assert_eq!(seen["code"], true, "{seen}");
+    assert_eq!(seen["writable"], false, "{seen}");
+    // Lowered from the spare's (sized for the largest function) to this function's: 128 MB
+    // of memory plus the runtime's headroom, and init timeout + timeout + 600 s of CPU.
+    let data = seen["data"][1].as_u64().expect("data limit");
+    assert!(data < 1 << 30, "RLIMIT_DATA not lowered: {seen}");
+    assert_eq!(seen["cpu"], json!([640, 645]), "{seen}");
+    // The engine starts another spare once the invocation is over.
+    eventually("the spare is replaced", || engine.spare_instances() == 1).await;
+
+    // Another function gets another spare, and another uid.
+    let other = engine
+        .invoke(
+            &fixture.spec("other", Runtime::Python3),
+            request("r2", json!({})),
+        )
+        .await;
+    assert_ne!(ret(&other)["uid"], seen["uid"]);
+
+    engine.shutdown().await;
+    eventually("no instance or spare is left", || {
+        child_processes().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_instances_of_a_function_share_its_uid() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let engine = engine_with_spares(&fixture, 2).await;
+    eventually("spares are ready", || engine.spare_instances() == 2).await;
+    let spec = fixture.spec("pair", Runtime::Python3);
+    let slow = || engine.invoke(&spec, request("slow", json!({"sleep": 0.5})));
+    let (first, second) = tokio::join!(slow(), slow());
+    let (first, second) = (ret(&first), ret(&second));
+    assert_eq!(first["uid"], second["uid"], "{first} {second}");
+    engine.shutdown().await;
+    eventually("no instance or spare is left", || {
+        child_processes().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_spares_cold_starts_start_their_own_interpreter() {
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let engine = engine_with_spares(&fixture, 0).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(engine.spare_instances(), 0);
+    let seen = ret(&engine
+        .invoke(
+            &fixture.spec("plain", Runtime::Python3),
+            request("r1", json!({})),
+        )
+        .await);
+    assert_eq!(seen["greeting"], "hello");
+    assert_eq!(seen["nimbus_vars"], json!([]));
+    engine.shutdown().await;
+}
