@@ -27,9 +27,9 @@
 //! - A function whose instances are all gone may get a new uid from a spare; its old uid is
 //!   given back to the range.
 //! - The interpreter has already started when the function's environment arrives: variables
-//!   that Python reads only at start-up (`PYTHONHASHSEED`, `PYTHONIOENCODING`, `PYTHONPATH`
-//!   entries beyond the code directory, ...) set by the function have no effect on a claimed
-//!   spare, while they would on an interpreter started for the function.
+//!   that Python reads only at start-up (`PYTHONHASHSEED`, `PYTHONIOENCODING`, ...) set by
+//!   the function have no effect on a claimed spare, while they would on an interpreter
+//!   started for the function. `PYTHONPATH` is honoured: the shim adds its entries.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -27,6 +27,7 @@ def main_handler(event, context):
         "uid": os.getuid(),
         "cwd": os.getcwd(),
         "path0": sys.path[0],
+        "libs_on_path": "/var/user/libs" in sys.path,
         "greeting": os.environ.get("GREETING"),
         "function": os.environ.get("SCF_FUNCTIONNAME"),
         "runtime": os.environ.get("SCF_RUNTIME"),
@@ -50,7 +51,9 @@ async fn a_cold_start_takes_a_spare_that_becomes_the_function_s_instance() {
     let engine = engine_with_spares(&fixture, 1).await;
     eventually("a spare is ready", || engine.spare_instances() == 1).await;
 
-    let spec = fixture.spec("probe", Runtime::Python3);
+    let mut spec = fixture.spec("probe", Runtime::Python3);
+    spec.environment
+        .push(("PYTHONPATH".into(), "/var/user/libs".into()));
     let outcome = engine.invoke(&spec, request("r1", json!({}))).await;
     // Taken: its replacement takes tens of milliseconds to start, and starts only now.
     assert_eq!(engine.spare_instances(), 0);
@@ -62,6 +65,10 @@ async fn a_cold_start_takes_a_spare_that_becomes_the_function_s_instance() {
     );
     assert_eq!(seen["cwd"], "/var/user");
     assert_eq!(seen["path0"], "/var/user");
+    assert_eq!(
+        seen["libs_on_path"], true,
+        "the function's PYTHONPATH: {seen}"
+    );
     assert_eq!(seen["greeting"], "hello");
     assert_eq!(seen["function"], "probe");
     assert!(

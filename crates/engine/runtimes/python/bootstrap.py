@@ -266,6 +266,9 @@ def _await_assignment(sock):
     code_root = os.environ.get("USER_CODE_ROOT", os.getcwd())
     os.chdir(code_root)  # the directory the code was mounted over
     sys.path[0] = code_root
+    # What a PYTHONPATH of the function's would have put on sys.path at start-up.
+    extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    sys.path[1:1] = [p for p in dict.fromkeys(extra) if p and p not in sys.path]
     importlib.invalidate_caches()
     return True
 
