@@ -41,6 +41,8 @@ impl Defaults {
     pub const TMP_MB: u64 = 64;
     /// Python interpreters kept started ahead of need (the engine's default).
     pub const PYTHON_SPARES: u32 = nimbus_engine::DEFAULT_PYTHON_SPARES;
+    /// Node.js interpreters kept started ahead of need (the engine's default).
+    pub const NODE_SPARES: u32 = nimbus_engine::DEFAULT_NODE_SPARES;
 
     /// `$NIMBUS_DATA_DIR`, else `$XDG_DATA_HOME/nimbus`, else `~/.local/share/nimbus`.
     pub fn data_dir() -> PathBuf {
@@ -140,6 +142,8 @@ pub struct FileEngine {
     pub tmp_mb: Option<u64>,
     /// Python interpreters kept started ahead of need; 0 turns them off.
     pub python_spares: Option<u32>,
+    /// Node.js interpreters (for 128 MB functions) kept started ahead of need; 0: off.
+    pub node_spares: Option<u32>,
 }
 
 /// The resolved configuration of `nimbus serve`.
@@ -178,6 +182,8 @@ pub struct ServeConfig {
     pub tmp_mb: u64,
     /// Python interpreters kept started ahead of need.
     pub python_spares: u32,
+    /// Node.js interpreters kept started ahead of need.
+    pub node_spares: u32,
 }
 
 /// Reads the TOML file.
@@ -286,6 +292,7 @@ pub fn resolve(
             .unwrap_or(Defaults::ISOLATION),
         tmp_mb,
         python_spares: file.engine.python_spares.unwrap_or(Defaults::PYTHON_SPARES),
+        node_spares: file.engine.node_spares.unwrap_or(Defaults::NODE_SPARES),
     })
 }
 
@@ -325,7 +332,7 @@ mod tests {
             (config.isolation, config.tmp_mb),
             (IsolationMode::Sandbox, 64)
         );
-        assert_eq!(config.python_spares, 2);
+        assert_eq!((config.python_spares, config.node_spares), (2, 1));
     }
 
     #[test]

@@ -59,6 +59,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.sandbox.isolation = config.isolation.into();
     engine_config.tmp_bytes = config.tmp_mb.saturating_mul(1024 * 1024);
     engine_config.python_spares = config.python_spares;
+    engine_config.node_spares = config.node_spares;
     let mut runtimes = vec![RuntimeFamily::Python3];
     match nimbus_engine::resolve_node(&config.node).await {
         Ok(node) => {

@@ -25,6 +25,8 @@ use crate::EngineError;
 
 /// Python instances started ahead of need ([`EngineConfig::python_spares`]).
 pub const DEFAULT_PYTHON_SPARES: u32 = 2;
+/// Node.js instances started ahead of need ([`EngineConfig::node_spares`]).
+pub const DEFAULT_NODE_SPARES: u32 = 1;
 
 /// How long an idle instance is kept: 10 minutes.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
@@ -92,6 +94,10 @@ pub struct EngineConfig {
     /// takes one instead of starting an interpreter (see the engine's `spare.rs`). 0 turns
     /// them off. Default [`DEFAULT_PYTHON_SPARES`].
     pub python_spares: u32,
+    /// Node.js instances kept started ahead of need, sandboxed only, for functions of 128 MB
+    /// (V8's heap limit is fixed when it starts). 0 turns them off. Default
+    /// [`DEFAULT_NODE_SPARES`].
+    pub node_spares: u32,
 }
 
 impl EngineConfig {
@@ -112,6 +118,7 @@ impl EngineConfig {
             max_processes: DEFAULT_MAX_PROCESSES,
             max_open_files: DEFAULT_MAX_OPEN_FILES,
             python_spares: DEFAULT_PYTHON_SPARES,
+            node_spares: DEFAULT_NODE_SPARES,
         }
     }
 

@@ -63,8 +63,12 @@ const SANDBOX_PROCESSES: u64 = 1;
 /// The namespace of the keys spares hold their uids under: not a valid namespace name, so no
 /// function can have it.
 const SPARE_NAMESPACE: &str = "\0spare";
-/// A spare's memory bound until a function claims it: the largest a function may ask for.
+/// A Python spare's memory bound until a function claims it: the largest a function may ask
+/// for.
 pub(crate) const SPARE_MEMORY_MB: u32 = 3072;
+/// The only memory size Node.js spares serve (SCF's default): V8's heap limit is fixed when
+/// the interpreter starts.
+pub(crate) const NODE_SPARE_MEMORY_MB: u32 = 128;
 /// A spare's init timeout and timeout, for its CPU backstop until claimed: the largest.
 const SPARE_INIT_TIMEOUT: Duration = Duration::from_secs(300);
 const SPARE_TIMEOUT: Duration = Duration::from_secs(900);
@@ -200,15 +204,17 @@ impl Isolator {
         Ok(self.instance_sandbox(plan, uid, limits.cpu_secs))
     }
 
-    /// Prepares the sandbox of spare number `n` (see `spare.rs`): a Python instance with no
-    /// function yet, holding a uid no function holds, an empty code directory (`placeholder`)
-    /// and the largest limits a function may be given ([`SPARE_MEMORY_MB`], the longest
-    /// timeouts); a claim narrows them ([`InstanceSandbox::narrow`]).
+    /// Prepares the sandbox of spare number `n` (see `spare.rs`): an instance of `runtime`
+    /// with no function yet, holding a uid no function holds, an empty code directory
+    /// (`placeholder`), a memory bound of `memory_mb` and the longest timeouts; a claim narrows
+    /// them ([`InstanceSandbox::narrow`]).
     pub(crate) fn prepare_spare(
         &self,
         n: u64,
         placeholder: &Path,
         launch: &Launch,
+        runtime: Runtime,
+        memory_mb: u32,
     ) -> Result<InstanceSandbox, EngineError> {
         check_code_dir(placeholder)?;
         let key = FunctionKey {
@@ -225,7 +231,10 @@ impl Isolator {
             cpu_secs,
             data_bytes: Some(launch.data_limit_bytes),
         };
-        let mut runtime_paths = self.python_paths.clone();
+        let mut runtime_paths = match runtime {
+            Runtime::Nodejs => self.node_paths.clone(),
+            Runtime::Python3 | Runtime::Custom => self.python_paths.clone(),
+        };
         runtime_paths.push(self.shim_dir.clone());
         let instance = InstanceSpec {
             uid: uid.id,
@@ -234,7 +243,7 @@ impl Isolator {
             runtime_paths,
             tmp_bytes: self.tmp_bytes,
             network: Network::Off,
-            memory_mb: SPARE_MEMORY_MB,
+            memory_mb,
             limits,
         };
         let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;

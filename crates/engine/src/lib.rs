@@ -62,8 +62,8 @@ mod spare;
 pub use config::{
     CPU_BACKSTOP_MARGIN, DEFAULT_CONCURRENCY, DEFAULT_INIT_TIMEOUT, DEFAULT_KEEP_ALIVE,
     DEFAULT_LOG_LIMIT_BYTES, DEFAULT_MAX_OPEN_FILES, DEFAULT_MAX_PROCESSES,
-    DEFAULT_MEMORY_BUDGET_MB, DEFAULT_PYTHON_SPARES, DEFAULT_TMP_BYTES, EngineConfig, resolve_node,
-    resolve_python,
+    DEFAULT_MEMORY_BUDGET_MB, DEFAULT_NODE_SPARES, DEFAULT_PYTHON_SPARES, DEFAULT_TMP_BYTES,
+    EngineConfig, resolve_node, resolve_python,
 };
 pub use engine::Engine;
 pub use error::EngineError;

@@ -121,18 +121,27 @@ pub(crate) struct Launch {
     pub(crate) data_limit_bytes: u64,
 }
 
-/// The launch plan of a Python spare (see `spare.rs`): the shim with the base environment
-/// only, told to wait for a function, allowed the data segment of the largest function.
-pub(crate) fn spare_launch(config: &EngineConfig, shims: &Shims, token: &str) -> Launch {
+/// The launch plan of a spare of `runtime` (see `spare.rs`): the shim with the base
+/// environment only, told to wait for a function, sized for `memory_mb` (Python: the data
+/// segment, lowered when claimed; Node.js: the V8 heap too, which cannot be changed later).
+///
+/// # Errors
+///
+/// [`EngineError::RuntimeUnavailable`] for a runtime the engine has no interpreter for.
+pub(crate) fn spare_launch(
+    config: &EngineConfig,
+    shims: &Shims,
+    runtime: Runtime,
+    memory_mb: u32,
+    token: &str,
+) -> Result<Launch, EngineError> {
     let code_root = PathBuf::from(nimbus_sandbox::CODE_ROOT);
     let root = code_root.to_string_lossy().into_owned();
-    let env = [
+    let mut env: BTreeMap<String, String> = [
         ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ("LANG", "C.UTF-8"),
         ("LC_ALL", "C.UTF-8"),
         ("HOME", "/tmp"),
-        ("PYTHONDONTWRITEBYTECODE", "x"),
-        ("PYTHONPATH", root.as_str()),
         ("USER_CODE_ROOT", root.as_str()),
         (SPARE_VAR, "1"),
         (LOG_TOKEN_VAR, token),
@@ -140,16 +149,39 @@ pub(crate) fn spare_launch(config: &EngineConfig, shims: &Shims, token: &str) ->
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    Launch {
-        program: config.python.clone(),
-        args: python_args(shims),
+    let (program, args) = match runtime {
+        Runtime::Python3 => {
+            env.insert("PYTHONDONTWRITEBYTECODE".into(), "x".into());
+            env.insert("PYTHONPATH".into(), root.clone());
+            (config.python.clone(), python_args(shims))
+        }
+        Runtime::Nodejs => {
+            let node = config.node.clone().ok_or(EngineError::RuntimeUnavailable {
+                runtime: runtime.scf_name(),
+            })?;
+            env.insert("NODE_PATH".into(), format!("{root}:{root}/node_modules"));
+            (node, node_args(shims, memory_mb))
+        }
+        Runtime::Custom => {
+            return Err(EngineError::RuntimeUnavailable {
+                runtime: runtime.scf_name(),
+            });
+        }
+    };
+    Ok(Launch {
+        program,
+        args,
         env,
         cwd: code_root,
-        data_limit_bytes: memory::data_limit_bytes(
-            Runtime::Python3,
-            crate::isolation::SPARE_MEMORY_MB,
-        ),
-    }
+        data_limit_bytes: memory::data_limit_bytes(runtime, memory_mb),
+    })
+}
+
+/// Node.js's arguments: V8 sizes its heap by the host's memory; sized by the function's
+/// instead, it collects garbage before the watchdog would see the instance over its limit.
+fn node_args(shims: &Shims, memory_mb: u32) -> Vec<OsString> {
+    let heap = format!("--max-old-space-size={memory_mb}");
+    vec![heap.into(), shims.node_bootstrap.clone().into()]
 }
 
 fn python_args(shims: &Shims) -> Vec<OsString> {
@@ -184,10 +216,7 @@ pub(crate) fn launch(
             let node = config.node.clone().ok_or(EngineError::RuntimeUnavailable {
                 runtime: spec.runtime.scf_name(),
             })?;
-            // V8 sizes its heap by the host's memory; sized by the function's instead, it
-            // collects garbage before the watchdog would see the instance over its limit.
-            let heap = format!("--max-old-space-size={}", spec.memory_mb);
-            (node, vec![heap.into(), shims.node_bootstrap.clone().into()])
+            (node, node_args(shims, spec.memory_mb))
         }
         Runtime::Custom => {
             custom_bootstrap(&code_dir)?;

@@ -1,35 +1,37 @@
-//! Spares: Python instances started before any function needs them, so that a cold start is a
-//! claim rather than an interpreter start.
+//! Spares: Python and Node.js instances started before any function needs them, so that a
+//! cold start is a claim rather than an interpreter start.
 //!
 //! ```text
-//!  fill (at start-up, after each claim):
-//!    prepare_spare: a fresh uid, an empty read-only /var/user, the largest limits, no network
+//!  fill (at start-up, after each cold start):
+//!    prepare_spare: a fresh uid, an empty read-only /var/user, no network; Python: the largest
+//!                   limits; Node.js: 128 MB (V8's heap limit is fixed at start)
 //!    spawn the shim with _NIMBUS_SPARE=1 ── {"spare": true} ──> ready spare (namespace kept)
-//!  claim (a cold start of a Python function without public network, sandboxed):
+//!  claim (a cold start of a function the kind serves: no public network, sandboxed):
 //!    adopt: the spare's uid becomes the function's   (refused if the function has live
 //!                                                      instances under another uid)
-//!    narrow: memory bound and CPU backstop lowered to the function's
+//!    narrow: memory bound lowered; RLIMIT_CPU lowered from outside (prlimit)
 //!    mount_code: the function's code, read-only, over /var/user
-//!    {"assign": {env, rlimits}} ──> shim lowers rlimits, takes env, imports the handler
-//!                               <── {"ready": true}: an instance of the function
+//!    {"assign": {env, rlimits}} ──> shim takes env (Python also lowers RLIMIT_DATA), imports
+//!                               <── {"ready": true}     the handler: an instance of it
 //! ```
 //!
 //! What a spare can be trusted with: until claimed it runs only the engine's shim, already as
 //! an unprivileged uid of its own with the seccomp filter on, so nothing but the code mount
-//! needs privilege, and the server does that from outside. The shim can only lower its
-//! rlimits, never raise them, so a spare starts with the largest a function may have.
+//! and the CPU limit needs privilege, and the server does both from outside. Limits are only
+//! ever lowered, so a spare starts with the largest its kind serves.
 //!
 //! # Limitations
 //!
-//! - Python only, and only for functions without public network (those need the host's
-//!   network namespace, chosen when the sandbox is made).
+//! - Python functions of any memory size, Node.js functions of 128 MB only; no custom
+//!   runtimes; only functions without public network (those need the host's network
+//!   namespace, chosen when the sandbox is made).
 //! - Spares are not counted against the memory budget: each costs one idle interpreter.
 //! - A function whose instances are all gone may get a new uid from a spare; its old uid is
 //!   given back to the range.
 //! - The interpreter has already started when the function's environment arrives: variables
-//!   that Python reads only at start-up (`PYTHONHASHSEED`, `PYTHONIOENCODING`, ...) set by
+//!   read only at start-up (`PYTHONHASHSEED`, `PYTHONIOENCODING`, `NODE_OPTIONS`, ...) set by
 //!   the function have no effect on a claimed spare, while they would on an interpreter
-//!   started for the function. `PYTHONPATH` is honoured: the shim adds its entries.
+//!   started for the function. `PYTHONPATH` and `NODE_PATH` are honoured: the shims apply them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -40,7 +42,7 @@ use nimbus_sandbox::{CodeNamespace, Isolation};
 use serde_json::json;
 
 use crate::instance::{Instance, Limits};
-use crate::isolation::{self, Isolator, SPARE_MEMORY_MB};
+use crate::isolation::{self, Isolator, NODE_SPARE_MEMORY_MB, SPARE_MEMORY_MB};
 use crate::runtime::{self, Shims};
 use crate::sandbox::Spawner;
 use crate::{EngineConfig, EngineError, FunctionSpec, Runtime, protocol};
@@ -50,15 +52,42 @@ const SPARE_START_TIMEOUT: Duration = Duration::from_secs(65);
 /// The empty directory a spare sees at `/var/user` until it is claimed.
 const PLACEHOLDER_DIR: &str = "spare-code";
 
-/// The ready spares and the work of keeping their number up.
+/// The ready spares of every kind and the work of keeping their numbers up.
 #[derive(Debug)]
 pub(crate) struct Spares {
-    ready: Mutex<Vec<Spare>>,
-    target: usize,
+    kinds: Vec<Kind>,
     next: AtomicU64,
-    filling: AtomicBool,
     closed: AtomicBool,
     placeholder: PathBuf,
+}
+
+/// Spares of one runtime (and, for Node.js, one memory size).
+#[derive(Debug)]
+struct Kind {
+    runtime: Runtime,
+    /// The memory size served; `None`: any (Python lowers its limits when claimed).
+    memory_mb: Option<u32>,
+    target: usize,
+    ready: Mutex<Vec<Spare>>,
+    filling: AtomicBool,
+}
+
+impl Kind {
+    fn lock(&self) -> MutexGuard<'_, Vec<Spare>> {
+        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn serves(&self, spec: &FunctionSpec) -> bool {
+        self.target > 0
+            && spec.runtime == self.runtime
+            && self.memory_mb.is_none_or(|mb| mb == spec.memory_mb)
+            && !spec.network
+    }
+
+    /// The memory bound a spare of this kind starts with.
+    fn start_memory_mb(&self) -> u32 {
+        self.memory_mb.unwrap_or(SPARE_MEMORY_MB)
+    }
 }
 
 #[derive(Debug)]
@@ -76,79 +105,104 @@ pub(crate) struct Context<'a> {
 }
 
 impl Spares {
-    /// No spares yet; `config.python_spares` of them once filled. Creates the placeholder code
-    /// directory under the runtime directory.
+    /// No spares yet; `config.python_spares` and `config.node_spares` of them once filled
+    /// (sandboxed only). Creates the placeholder code directory under the runtime directory.
     pub(crate) fn new(config: &EngineConfig) -> Result<Spares, EngineError> {
         let placeholder = config.runtime_dir.join(PLACEHOLDER_DIR);
-        let target = if config.sandbox.isolation == Isolation::Sandbox {
-            usize::try_from(config.python_spares).unwrap_or(usize::MAX)
-        } else {
-            0
-        };
-        if target > 0 {
+        let mut kinds = Vec::new();
+        if config.sandbox.isolation == Isolation::Sandbox {
+            let count = |n: u32| usize::try_from(n).unwrap_or(usize::MAX);
+            kinds.push(Kind {
+                runtime: Runtime::Python3,
+                memory_mb: None,
+                target: count(config.python_spares),
+                ready: Mutex::default(),
+                filling: AtomicBool::new(false),
+            });
+            if config.node.is_some() {
+                kinds.push(Kind {
+                    runtime: Runtime::Nodejs,
+                    memory_mb: Some(NODE_SPARE_MEMORY_MB),
+                    target: count(config.node_spares),
+                    ready: Mutex::default(),
+                    filling: AtomicBool::new(false),
+                });
+            }
+            kinds.retain(|kind| kind.target > 0);
+        }
+        if !kinds.is_empty() {
             create_placeholder(&placeholder)?;
         }
         Ok(Spares {
-            ready: Mutex::new(Vec::new()),
-            target,
+            kinds,
             next: AtomicU64::new(0),
-            filling: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             placeholder,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<Spare>> {
-        self.ready.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Spares ready now.
+    /// Spares ready now, of every kind.
     pub(crate) fn ready(&self) -> usize {
-        self.lock().len()
+        self.kinds.iter().map(|kind| kind.lock().len()).sum()
     }
 
     /// Whether a cold start of `spec` may take a spare.
     pub(crate) fn serves(&self, spec: &FunctionSpec) -> bool {
-        self.target > 0 && spec.runtime == Runtime::Python3 && !spec.network
+        self.kinds.iter().any(|kind| kind.serves(spec))
     }
 
-    /// Starts spares until there are as many as configured. Returns at once if another fill is
-    /// under way; a spare that fails to start ends the fill (the next claim tries again).
+    /// Starts spares until each kind has as many as configured. A kind whose fill is under
+    /// way is left to it; a spare that fails to start ends its kind's fill (the next cold
+    /// start tries again).
     pub(crate) async fn fill(&self, context: Context<'_>) {
-        if self.target == 0 || self.filling.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        while !self.closed.load(Ordering::Acquire) && self.lock().len() < self.target {
-            match self.start_one(&context).await {
-                Ok(spare) => {
-                    if self.closed.load(Ordering::Acquire) {
-                        spare.instance.stop().await;
+        for kind in &self.kinds {
+            if kind.filling.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            while !self.closed.load(Ordering::Acquire) && kind.lock().len() < kind.target {
+                match self.start_one(&context, kind).await {
+                    Ok(spare) => {
+                        if self.closed.load(Ordering::Acquire) {
+                            spare.instance.stop().await;
+                            break;
+                        }
+                        kind.lock().push(spare);
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            runtime = kind.runtime.scf_name(),
+                            error = &err as &dyn std::error::Error,
+                            "cannot start a spare instance; cold starts start their own"
+                        );
                         break;
                     }
-                    self.lock().push(spare);
-                }
-                Err(err) => {
-                    tracing::warn!(
-                        error = &err as &dyn std::error::Error,
-                        "cannot start a spare Python instance; cold starts start their own"
-                    );
-                    break;
                 }
             }
+            kind.filling.store(false, Ordering::Release);
         }
-        self.filling.store(false, Ordering::Release);
     }
 
-    async fn start_one(&self, context: &Context<'_>) -> Result<Spare, EngineError> {
+    async fn start_one(&self, context: &Context<'_>, kind: &Kind) -> Result<Spare, EngineError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let token = crate::engine::new_token().map_err(EngineError::SpawnInstance)?;
-        let launch = runtime::spare_launch(context.config, context.shims, &token);
-        let sandbox = context
-            .isolator
-            .prepare_spare(n, &self.placeholder, &launch)?;
+        let memory_mb = kind.start_memory_mb();
+        let launch = runtime::spare_launch(
+            context.config,
+            context.shims,
+            kind.runtime,
+            memory_mb,
+            &token,
+        )?;
+        let sandbox = context.isolator.prepare_spare(
+            n,
+            &self.placeholder,
+            &launch,
+            kind.runtime,
+            memory_mb,
+        )?;
         let limits = Limits {
             init_timeout: SPARE_START_TIMEOUT,
-            memory_bytes: u64::from(SPARE_MEMORY_MB) << 20,
+            memory_bytes: u64::from(memory_mb) << 20,
             log_bytes: context.config.log_limit_bytes,
         };
         let instance =
@@ -176,20 +230,29 @@ impl Spares {
         limits: Limits,
     ) -> Option<Result<Instance, EngineError>> {
         let started = std::time::Instant::now();
-        let mut spare = self.lock().pop()?;
+        let kind = self.kinds.iter().find(|kind| kind.serves(spec))?;
+        let mut spare = kind.lock().pop()?;
+        let runtime_pid = spare.instance.runtime_pid();
         let Some(sandbox) = spare.instance.sandbox_mut() else {
             spare.instance.stop().await;
             return None;
         };
         if !sandbox.adopt(spec) {
             // The function runs elsewhere under its own uid: its instances must share it.
-            self.lock().push(spare);
+            kind.lock().push(spare);
             return None;
         }
-        let prepared = sandbox.narrow(spec).and_then(|()| {
-            nimbus_sandbox::mount_code(&spare.namespace, &spec.code_dir)
-                .map_err(EngineError::SpawnInstance)
-        });
+        let cpu = isolation::cpu_backstop_secs(spec);
+        let prepared = sandbox
+            .narrow(spec)
+            .and_then(|()| {
+                nimbus_sandbox::lower_cpu_limit(runtime_pid, cpu, cpu.saturating_add(5))
+                    .map_err(EngineError::SpawnInstance)
+            })
+            .and_then(|()| {
+                nimbus_sandbox::mount_code(&spare.namespace, &spec.code_dir)
+                    .map_err(EngineError::SpawnInstance)
+            });
         let assignment = prepared.and_then(|()| assignment(context.config, context.shims, spec));
         let assignment = match assignment {
             Ok(assignment) => assignment,
@@ -215,7 +278,11 @@ impl Spares {
     /// Refuses further fills and hands back every ready spare, to be stopped.
     pub(crate) fn close(&self) -> Vec<Instance> {
         self.closed.store(true, Ordering::Release);
-        self.lock().drain(..).map(|spare| spare.instance).collect()
+        self.kinds
+            .iter()
+            .flat_map(|kind| kind.lock().drain(..).collect::<Vec<_>>())
+            .map(|spare| spare.instance)
+            .collect()
     }
 }
 

@@ -42,7 +42,82 @@ def main_handler(event, context):
 async fn engine_with_spares(fixture: &Fixture, spares: u32) -> Engine {
     let mut config = fixture.config().await;
     config.python_spares = spares;
+    config.node_spares = 0;
     Engine::new(config).expect("engine starts")
+}
+
+/// Reports what a Node.js instance of the function sees.
+const NODE_PROBE: &str = r#"
+const fs = require('fs');
+exports.main_handler = async (event, context) => ({
+  uid: process.getuid(),
+  cwd: process.cwd(),
+  greeting: process.env.GREETING,
+  function: process.env.SCF_FUNCTIONNAME,
+  runtime: process.env.SCF_RUNTIME,
+  nimbusVars: Object.keys(process.env).filter((k) => k.startsWith('_NIMBUS')),
+  code: fs.readFileSync('/var/user/index.js', 'utf8').includes('main_handler'),
+  helper: require('helper').answer,
+  requestId: context.request_id,
+  cpu: fs.readFileSync('/proc/self/limits', 'utf8').split('\n')
+    .find((line) => line.startsWith('Max cpu time')).split(/\s+/).slice(3, 5),
+});
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cold_start_takes_a_spare_of_its_memory_size() {
+    let fixture = Fixture::new(&[
+        ("index.js", NODE_PROBE),
+        ("node_modules/helper/index.js", "exports.answer = 42;\n"),
+    ]);
+    let mut config = fixture.config().await;
+    config.python_spares = 0;
+    config.node_spares = 1;
+    let engine = Engine::new(config).expect("engine starts");
+    eventually("a spare is ready", || engine.spare_instances() == 1).await;
+
+    let mut spec = fixture.spec("node-probe", Runtime::Nodejs);
+    spec.handler = "index.main_handler".into();
+    let outcome = engine.invoke(&spec, request("n1", json!({}))).await;
+    assert_eq!(engine.spare_instances(), 0, "the spare was not taken");
+    let seen = ret(&outcome);
+    assert!(
+        seen["uid"].as_u64().expect("uid") >= u64::from(DEFAULT_FIRST_ID),
+        "{seen}"
+    );
+    assert_eq!(seen["cwd"], "/var/user");
+    assert_eq!(seen["greeting"], "hello");
+    assert_eq!(seen["function"], "node-probe");
+    assert!(
+        seen["runtime"]
+            .as_str()
+            .expect("runtime")
+            .starts_with("Nodejs"),
+        "{seen}"
+    );
+    assert_eq!(seen["nimbusVars"], json!([]), "{seen}");
+    assert_eq!(seen["code"], true, "{seen}");
+    assert_eq!(seen["helper"], 42, "{seen}");
+    assert_eq!(seen["requestId"], "n1");
+    // Lowered from outside (Node.js cannot): init timeout + timeout + 600 s.
+    assert_eq!(seen["cpu"], json!(["640", "645"]), "{seen}");
+
+    // A Node.js function of another memory size starts its own interpreter.
+    eventually("the spare is replaced", || engine.spare_instances() == 1).await;
+    spec.name = "node-big".into();
+    spec.memory_mb = 256;
+    let big = engine.invoke(&spec, request("n2", json!({}))).await;
+    assert_eq!(ret(&big)["greeting"], "hello");
+    assert_eq!(
+        engine.spare_instances(),
+        1,
+        "a 128 MB spare served a 256 MB function"
+    );
+    engine.shutdown().await;
+    eventually("no instance or spare is left", || {
+        child_processes().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,6 +92,45 @@ pub fn mount_code(namespace: &CodeNamespace, code_dir: &Path) -> io::Result<()> 
     })
 }
 
+/// Lowers the CPU-time limit (`RLIMIT_CPU`, seconds) of the running process `pid`, for a
+/// runtime that cannot lower its own (Node.js). Never raises it: values above the current
+/// ones are cut to them.
+///
+/// # Errors
+///
+/// The error of `prlimit`.
+#[expect(
+    unsafe_code,
+    reason = "prlimit on another process has no wrapper in nix"
+)]
+pub fn lower_cpu_limit(pid: u32, soft_secs: u64, hard_secs: u64) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(Errno::ESRCH))?;
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: a null new limit only reads the current one into `current`, a valid `rlimit`
+    // on this frame that outlives the call.
+    let read = unsafe { libc::prlimit(pid, libc::RLIMIT_CPU, std::ptr::null(), &raw mut current) };
+    Errno::result(read)?;
+    let hard = hard_secs.min(current.rlim_max);
+    let limit = libc::rlimit {
+        rlim_cur: soft_secs.min(hard).min(current.rlim_cur),
+        rlim_max: hard,
+    };
+    // SAFETY: `limit` is a valid `rlimit` on this frame that outlives the call; the old
+    // limit is not asked for.
+    let written = unsafe {
+        libc::prlimit(
+            pid,
+            libc::RLIMIT_CPU,
+            &raw const limit,
+            std::ptr::null_mut(),
+        )
+    };
+    Errno::result(written).map(drop).map_err(io::Error::from)
+}
+
 /// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`: a detached bind of `path`.
 #[expect(unsafe_code, reason = "open_tree has no wrapper in nix or glibc 2.36")]
 fn open_tree(path: &CString) -> io::Result<OwnedFd> {

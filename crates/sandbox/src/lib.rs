@@ -79,7 +79,7 @@ pub use config::{
     InstanceSpec, Isolation, Limits, Network, SandboxConfig,
 };
 pub use error::SandboxError;
-pub use inject::{CodeNamespace, mount_code};
+pub use inject::{CodeNamespace, lower_cpu_limit, mount_code};
 pub use netns::NetNamespace;
 pub use node::{Availability, Capabilities, CgroupSupport, Sandbox, probe};
 pub use plan::{MemoryEnforcement, MemoryStatus, Plan};

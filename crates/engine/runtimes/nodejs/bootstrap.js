@@ -26,6 +26,12 @@
  * invocation's result and loading is retried by the next invocation, never in
  * a loop.
  *
+ * A spare (started with _NIMBUS_SPARE=1 before any function claimed it) first
+ * sends {"spare": true} and waits for {"assign": {"env"}}: by then the engine
+ * has mounted the function's code and lowered the limits; the shim takes the
+ * function's environment (NODE_PATH included) and code directory, then loads
+ * the handler and goes on as above.
+ *
  * How an invocation ends, first one wins:
  *   - the handler returns a promise: when it settles (the event loop is not
  *     waited for);
@@ -77,9 +83,13 @@ const EXCEPTION_MESSAGE = 'user code exception caught';
 
 const token = process.env._NIMBUS_LOG_TOKEN || '';
 delete process.env._NIMBUS_LOG_TOKEN;
-const codeRoot = process.env.USER_CODE_ROOT || process.cwd();
-const handlerSpec = process.env._HANDLER || '';
-process.env.SCF_RUNTIME = 'Nodejs' + process.versions.node.split('.').slice(0, 2).join('.');
+/** Waiting for a function (see the header); cleared once one is assigned. */
+let spare = process.env._NIMBUS_SPARE === '1';
+delete process.env._NIMBUS_SPARE;
+let codeRoot = process.env.USER_CODE_ROOT || process.cwd();
+let handlerSpec = process.env._HANDLER || '';
+const runtimeName = 'Nodejs' + process.versions.node.split('.').slice(0, 2).join('.');
+process.env.SCF_RUNTIME = runtimeName;
 
 const control = new net.Socket({ fd: 0, readable: true, writable: true });
 const stdout = process.stdout;
@@ -214,10 +224,35 @@ function loadFailure(err) {
 let handler = null;
 /** Why loading failed at start; reported by the first invocation. */
 let startFailure = null;
-try {
-  handler = load();
-} catch (err) {
-  startFailure = err;
+
+function loadAtStart() {
+  try {
+    handler = load();
+  } catch (err) {
+    startFailure = err;
+  }
+}
+
+if (!spare) {
+  loadAtStart();
+}
+
+/** A spare becomes an instance of the function in `message.assign` (see the header). */
+function takeAssignment(message) {
+  const assignment = message.assign;
+  for (const key of Object.keys(process.env)) {
+    delete process.env[key];
+  }
+  Object.assign(process.env, assignment.env);
+  delete process.env._NIMBUS_LOG_TOKEN;
+  codeRoot = process.env.USER_CODE_ROOT || codeRoot;
+  handlerSpec = process.env._HANDLER || '';
+  process.env.SCF_RUNTIME = runtimeName;
+  process.chdir(codeRoot); // the directory the code was mounted over
+  require('module')._initPaths(); // the function's NODE_PATH
+  spare = false;
+  loadAtStart();
+  sendFrame({ ready: true });
 }
 
 function loadedHandler() {
@@ -484,10 +519,15 @@ function exitNow() {
 
 control.on('data', (chunk) => {
   for (const payload of takeFrames(chunk)) {
-    invoke(JSON.parse(payload.toString('utf8')));
+    const message = JSON.parse(payload.toString('utf8'));
+    if (spare) {
+      takeAssignment(message);
+    } else {
+      invoke(message);
+    }
   }
 });
 control.on('end', exitNow);
 control.on('error', exitNow);
 
-sendFrame({ ready: true });
+sendFrame(spare ? { spare: true } : { ready: true });
