@@ -36,8 +36,30 @@ def main_handler(event, context):
         "cpu": resource.getrlimit(resource.RLIMIT_CPU),
         "code": "def main_handler" in open("/var/user/index.py").read(),
         "writable": writable,
+        "age": process_age(),
     }
+
+def process_age():
+    """Seconds since this interpreter started."""
+    with open("/proc/uptime") as f:
+        now = float(f.read().split()[0])
+    with open("/proc/self/stat") as f:
+        started = int(f.read().rsplit(")", 1)[1].split()[19])
+    return now - started / os.sysconf("SC_CLK_TCK")
 "#;
+
+/// How long a test lets a ready spare wait before it is claimed.
+const SPARE_AGE: Duration = Duration::from_millis(600);
+
+/// Asserts that the instance that answered is the spare: its interpreter is older than the
+/// invocation (one that failed to take the spare starts its own).
+fn assert_claimed(seen: &serde_json::Value) {
+    let age = seen["age"].as_f64().expect("age");
+    assert!(
+        age >= 0.5,
+        "the interpreter started {age} s ago: not the spare"
+    );
+}
 
 async fn engine_with_spares(fixture: &Fixture, spares: u32) -> Engine {
     let mut config = fixture.config().await;
@@ -61,6 +83,7 @@ exports.main_handler = async (event, context) => ({
   requestId: context.request_id,
   cpu: fs.readFileSync('/proc/self/limits', 'utf8').split('\n')
     .find((line) => line.startsWith('Max cpu time')).split(/\s+/).slice(3, 5),
+  age: process.uptime(),
 });
 "#;
 
@@ -75,6 +98,8 @@ async fn a_node_cold_start_takes_a_spare_of_its_memory_size() {
     config.node_spares = 1;
     let engine = Engine::new(config).expect("engine starts");
     eventually("a spare is ready", || engine.spare_instances() == 1).await;
+    // Old enough that an interpreter started for the invocation could not pass for it.
+    tokio::time::sleep(SPARE_AGE).await;
 
     let mut spec = fixture.spec("node-probe", Runtime::Nodejs);
     spec.handler = "index.main_handler".into();
@@ -101,6 +126,7 @@ async fn a_node_cold_start_takes_a_spare_of_its_memory_size() {
     assert_eq!(seen["requestId"], "n1");
     // Lowered from outside (Node.js cannot): init timeout + timeout + 600 s.
     assert_eq!(seen["cpu"], json!(["640", "645"]), "{seen}");
+    assert_claimed(&seen);
 
     // A Node.js function of another memory size starts its own interpreter.
     eventually("the spare is replaced", || engine.spare_instances() == 1).await;
@@ -125,6 +151,8 @@ async fn a_cold_start_takes_a_spare_that_becomes_the_function_s_instance() {
     let fixture = Fixture::new(&[("index.py", PROBE)]);
     let engine = engine_with_spares(&fixture, 1).await;
     eventually("a spare is ready", || engine.spare_instances() == 1).await;
+    // Old enough that an interpreter started for the invocation could not pass for it.
+    tokio::time::sleep(SPARE_AGE).await;
 
     let mut spec = fixture.spec("probe", Runtime::Python3);
     spec.environment
@@ -165,6 +193,7 @@ async fn a_cold_start_takes_a_spare_that_becomes_the_function_s_instance() {
     let data = seen["data"][1].as_u64().expect("data limit");
     assert!(data < 1 << 30, "RLIMIT_DATA not lowered: {seen}");
     assert_eq!(seen["cpu"], json!([640, 645]), "{seen}");
+    assert_claimed(&seen);
     // The engine starts another spare once the invocation is over.
     eventually("the spare is replaced", || engine.spare_instances() == 1).await;
 

@@ -96,15 +96,39 @@ pub fn mount_code(namespace: &CodeNamespace, code_dir: &Path) -> io::Result<()> 
 /// runtime that cannot lower its own (Node.js). Never raises it: values above the current
 /// ones are cut to them.
 ///
+/// `prlimit` on a process of another uid needs `CAP_SYS_RESOURCE`, which a root server may
+/// lack (a container's bounding set often leaves it out). Then a short-lived thread takes the
+/// process's uid and gid, which the kernel accepts in its place, makes the change and ends:
+/// only that thread's credentials change (raw system calls, not the libc wrappers, which
+/// would change every thread's).
+///
 /// # Errors
 ///
-/// The error of `prlimit`.
+/// The error of `prlimit`, or of reading the process's ids from `/proc`.
+pub fn lower_cpu_limit(pid: u32, soft_secs: u64, hard_secs: u64) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(Errno::ESRCH))?;
+    match lower_cpu_limit_of(pid, soft_secs, hard_secs) {
+        Err(err) if err.raw_os_error() == Some(libc::EPERM) => {
+            let (uid, gid) = process_ids(pid)?;
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        become_thread_only(uid, gid)?;
+                        lower_cpu_limit_of(pid, soft_secs, hard_secs)
+                    })
+                    .join()
+                    .unwrap_or_else(|_| Err(io::Error::other("rlimit thread panicked")))
+            })
+        }
+        done => done,
+    }
+}
+
 #[expect(
     unsafe_code,
     reason = "prlimit on another process has no wrapper in nix"
 )]
-pub fn lower_cpu_limit(pid: u32, soft_secs: u64, hard_secs: u64) -> io::Result<()> {
-    let pid = libc::pid_t::try_from(pid).map_err(|_| io::Error::from(Errno::ESRCH))?;
+fn lower_cpu_limit_of(pid: libc::pid_t, soft_secs: u64, hard_secs: u64) -> io::Result<()> {
     let mut current = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -129,6 +153,38 @@ pub fn lower_cpu_limit(pid: u32, soft_secs: u64, hard_secs: u64) -> io::Result<(
         )
     };
     Errno::result(written).map(drop).map_err(io::Error::from)
+}
+
+/// The real uid and gid of `pid`, from `/proc/<pid>/status`.
+fn process_ids(pid: libc::pid_t) -> io::Result<(libc::uid_t, libc::gid_t)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let first = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|ids| ids.split_whitespace().next())
+            .and_then(|id| id.parse::<u32>().ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("no {key} in status"))
+            })
+    };
+    Ok((first("Uid:")?, first("Gid:")?))
+}
+
+/// Gives the calling thread, and only it, the ids `uid` and `gid`; it cannot get root back,
+/// so it must end after its one task.
+#[expect(
+    unsafe_code,
+    reason = "per-thread credentials need the raw system calls: the libc wrappers change all threads"
+)]
+fn become_thread_only(uid: libc::uid_t, gid: libc::gid_t) -> io::Result<()> {
+    // SAFETY: plain system calls on integer arguments; they change only this thread's
+    // credentials, which no other thread reads.
+    let gid_set = unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) };
+    Errno::result(gid_set)?;
+    // SAFETY: as above.
+    let uid_set = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+    Errno::result(uid_set).map(drop).map_err(io::Error::from)
 }
 
 /// `open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC)`: a detached bind of `path`.

@@ -167,6 +167,49 @@ fn code_mounted_into_a_running_instance_appears_read_only_at_var_user() {
 }
 
 #[test]
+fn cpu_limit_of_a_running_instance_is_lowered_from_outside() {
+    let Some(sandbox) = sandbox() else { return };
+    let code = code_dir(&[]);
+    let spec = spec(215, code.path());
+    let plan = Arc::new(Plan::new(&sandbox, &spec).expect("plan"));
+    let mut command = command(
+        &plan,
+        Path::new("/bin/sh"),
+        &["-c", "echo READY; exec sleep 30"],
+    );
+    command.stderr(Stdio::null());
+    let mut child = command.spawn().expect("spawn");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    wait_for_line(&mut stdout, "READY");
+    let runtime = plan
+        .runtime_pid(child.id())
+        .expect("read /proc")
+        .expect("a runtime process");
+
+    // Another uid's process: without CAP_SYS_RESOURCE the change is made as that uid.
+    let lowered = nimbus_sandbox::lower_cpu_limit(runtime, 40, 45);
+    let limits = std::fs::read_to_string(format!("/proc/{runtime}/limits")).expect("limits");
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    drop(plan);
+
+    lowered.expect("lower the CPU limit");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max cpu time"))
+        .expect("a CPU line");
+    let values: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(values[3..5], ["40", "45"], "{line}");
+    // Only the short-lived thread changed its ids; the process is still root.
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    assert!(
+        status.lines().any(|line| line.starts_with("Uid:\t0\t0\t0")),
+        "{status}"
+    );
+    assert_no_process_of(spec.uid);
+}
+
+#[test]
 fn the_cgroup_tracks_and_kills_the_whole_instance() {
     let Some(sandbox) = sandbox() else { return };
     let Some(root) = sandbox.cgroup_dir().map(Path::to_owned) else {
