@@ -251,11 +251,14 @@ impl Isolator {
     }
 
     fn instance_sandbox(&self, plan: Plan, uid: IdLease, cpu_secs: u64) -> InstanceSandbox {
-        let threads = plan
-            .cgroup()
-            .and_then(|cgroup| std::fs::File::open(cgroup.path().join("cgroup.threads")).ok());
+        let open = |name: &str| {
+            plan.cgroup()
+                .and_then(|cgroup| std::fs::File::open(cgroup.path().join(name)).ok())
+        };
+        let (threads, pids_events) = (open("cgroup.threads"), open("pids.events"));
         InstanceSandbox {
             threads,
+            pids_events,
             plan: Arc::new(plan),
             _uid: uid,
             isolation: self.isolation(),
@@ -288,6 +291,8 @@ pub(crate) struct InstanceSandbox {
     /// The instance cgroup's `cgroup.threads`, kept open: it is read after every invocation.
     /// Declared first, so it is closed before the plan removes the cgroup.
     threads: Option<std::fs::File>,
+    /// Its `pids.events` (with the pids controller only), kept open for the same reason.
+    pids_events: Option<std::fs::File>,
     plan: Arc<Plan>,
     // Declared after `plan`: the uid is released only once the plan has killed what was left.
     _uid: IdLease,
@@ -349,9 +354,9 @@ impl InstanceSandbox {
     /// this reports on must be stopped.
     pub(crate) fn process_report(&self, spawned: u32) -> Option<String> {
         let refused = self
-            .plan
-            .cgroup()
-            .and_then(|cgroup| cgroup.pids_limit_hits().ok().flatten())
+            .pids_events
+            .as_ref()
+            .and_then(refused_forks)
             .unwrap_or(0);
         let tasks = self.tasks(spawned).unwrap_or(0);
         if tasks <= self.max_processes && refused == 0 {
@@ -443,6 +448,18 @@ fn threads_of(pid: u32) -> u64 {
 }
 
 /// The lines of a kernel file read from its start through an open descriptor.
+/// The `max` count of an open `pids.events`: the forks `pids.max` refused.
+fn refused_forks(file: &std::fs::File) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let mut text = [0_u8; 256];
+    let n = file.read_at(&mut text, 0).ok()?;
+    std::str::from_utf8(&text[..n])
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("max "))
+        .and_then(|count| count.trim().parse().ok())
+}
+
 fn count_lines(file: &std::fs::File) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let mut chunk = [0_u8; 4096];
@@ -734,5 +751,19 @@ mod tests {
         ));
         set(0o755);
         assert!(check_code_dir(dir.path()).is_ok());
+    }
+
+    #[test]
+    fn refused_forks_are_read_from_pids_events() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pids.events");
+        std::fs::write(&path, "max 7\n").expect("write");
+        let file = std::fs::File::open(&path).expect("open");
+        assert_eq!(refused_forks(&file), Some(7));
+        // Read again from the start: the file is kept open and re-read.
+        std::fs::write(&path, "max 9\n").expect("write");
+        assert_eq!(refused_forks(&file), Some(9));
+        std::fs::write(&path, "").expect("write");
+        assert_eq!(refused_forks(&file), None);
     }
 }
