@@ -183,6 +183,24 @@ fn parse_pss_kib(smaps_rollup: &str) -> Option<u64> {
     })
 }
 
+/// The CPU time `pid` has used so far (user and system, all its threads), in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_cpu_ticks(&stat)?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(ticks as f64 / per_second as f64)
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
+fn parse_cpu_ticks(stat: &str) -> Option<u64> {
+    // Fields after the command name, which may hold spaces and parentheses: state is field 3.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace().skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
+}
+
 /// Whether `pid` is still alive (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -204,6 +222,13 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_cpu_ticks_after_a_command_name_with_spaces() {
+        let stat = "42 (tokio (rt) 1) S 1 42 42 0 -1 4194560 900 0 0 0 250 37 0 0 20 0 9 0";
+        assert_eq!(parse_cpu_ticks(stat), Some(287));
+        assert!(cpu_seconds(std::process::id()).is_some());
+    }
 
     #[test]
     fn reads_pss_from_smaps_rollup() {

@@ -265,7 +265,8 @@ impl Suite {
     async fn load(
         &mut self,
         (id, title, group): (&str, &str, Group),
-        addr: std::net::SocketAddr,
+        // Where the load goes, and the process whose CPU time it is charged (a Nimbus server).
+        (addr, cpu_of): (std::net::SocketAddr, Option<u32>),
         make: MakeRequest,
         expect: Expect,
         connections: usize,
@@ -274,8 +275,30 @@ impl Suite {
         if !self.wants(id) {
             return;
         }
-        let measured = load::run(addr, make, expect, self.budget.plan(connections)).await;
-        self.push(Outcome::from_load(id, title, group, measured, unit));
+        let plan = self.budget.plan(connections);
+        let Some(server) = cpu_of else {
+            let measured = load::run(addr, make, expect, plan).await;
+            self.push(Outcome::from_load(id, title, group, measured, unit));
+            return;
+        };
+        // The server's own CPU time over the measured rounds (its instances are processes of
+        // their own): a cost per answer that the machine's noise moves far less than a rate.
+        let cpu = async {
+            tokio::time::sleep(plan.warmup).await;
+            let before = process::cpu_seconds(server);
+            tokio::time::sleep(plan.round * u32::try_from(plan.rounds).unwrap_or(1)).await;
+            before.zip(process::cpu_seconds(server))
+        };
+        let (measured, cpu) = tokio::join!(load::run(addr, make, expect, plan), cpu);
+        let answers: usize = measured.latencies_ms.iter().map(Vec::len).sum();
+        let mut outcome = Outcome::from_load(id, title, group, measured, unit);
+        if let Some((before, after)) = cpu.filter(|_| answers > 0) {
+            outcome.notes.push(format!(
+                "server process CPU: {:.0} µs per answer",
+                (after - before) * 1e6 / answers as f64
+            ));
+        }
+        self.push(outcome);
     }
 
     // -----------------------------------------------------------------------------------------
@@ -296,7 +319,7 @@ impl Suite {
                 let title = format!("bare axum hello-world, {connections} conn");
                 self.load(
                     (&id, &title, Group::Baseline),
-                    bare.addr(),
+                    (bare.addr(), None),
                     make,
                     Expect::Api3,
                     connections,
@@ -519,7 +542,7 @@ impl Suite {
                     });
                     self.load(
                         (&id, &title, Group::Nimbus),
-                        server.addr(),
+                        (server.addr(), Some(server.pid())),
                         make,
                         dialect.into(),
                         connections,
@@ -585,7 +608,7 @@ impl Suite {
         });
         self.load(
             (id, &title, Group::Nimbus),
-            server.addr(),
+            (server.addr(), Some(server.pid())),
             make,
             Expect::Api3,
             16,
@@ -807,7 +830,7 @@ impl Suite {
             Arc::new(move || target.invoke(Dialect::Api3, PYTHON_NOOP, InvocationType::Event));
         self.load(
             (id, title, Group::Nimbus),
-            server.addr(),
+            (server.addr(), None),
             make,
             Expect::Api3,
             16,
@@ -869,7 +892,7 @@ impl Suite {
                 });
                 self.load(
                     (id, &title(connections), Group::Peer),
-                    running.addr(),
+                    (running.addr(), None),
                     make,
                     Expect::Http200,
                     connections,
