@@ -410,7 +410,13 @@ impl Inner {
         };
         let status_code = result.status_code();
         let duration_us = u64::try_from(run.duration.as_micros()).unwrap_or(u64::MAX);
-        tracing::info!(status_code, duration_us, cold_start, "invocation finished");
+        // Routine warm successes only at debug: the invocation record has them, and a line
+        // per call cost the hot path over a tenth of the server's CPU time.
+        if cold_start || status_code != 200 {
+            tracing::info!(status_code, duration_us, cold_start, "invocation finished");
+        } else {
+            tracing::debug!(status_code, duration_us, cold_start, "invocation finished");
+        }
         InvocationOutcome {
             request_id: request.request_id.clone(),
             result,
