@@ -243,9 +243,10 @@ def _hmac256(key, msg):
     return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
 
 
-def tc3_signature(secret_key, timestamp, service, canonical_request):
-    """Steps 2-5 of SCF-API.md §2.3: the lowercase hex signature and the credential scope."""
-    date = datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
+def tc3_signature(secret_key, timestamp, service, canonical_request, date=None):
+    """Steps 2-5 of SCF-API.md §2.3: the lowercase hex signature and the credential scope
+    (whose date is the timestamp's unless given)."""
+    date = date or datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d")
     scope = f"{date}/{service}/tc3_request"
     digest = hashlib.sha256(canonical_request.encode("utf-8")).hexdigest()
     string_to_sign = f"TC3-HMAC-SHA256\n{timestamp}\n{scope}\n{digest}"
@@ -278,7 +279,7 @@ class RawApi3:
     def tc3(self, action, params=None, method="POST", body=None, query=None, timestamp=None,
             key=None, secret_id=None, service=SERVICE, sign_host=None, host_header=None,
             authorization=None, extra_headers=None, drop_headers=(), version=VERSION,
-            region=REGION, sign_body=None, sign_query=None):
+            region=REGION, sign_body=None, sign_query=None, scope_date=None):
         """Sends a TC3-signed request. `params` becomes the JSON body (POST) or the query (GET,
         in the given order); `body`/`query` give the exact bytes instead. `sign_body` signs other
         bytes than those sent (`sign_query`, another query); `authorization` replaces the header; `drop_headers` removes some."""
@@ -301,7 +302,8 @@ class RawApi3:
         signed_payload = body if sign_body is None else sign_body
         canonical = tc3_canonical_request(method, query if sign_query is None else sign_query,
                                           content_type, sign_host or host_header, signed_payload)
-        signature, scope = tc3_signature(key or self.secret_key, timestamp, service, canonical)
+        signature, scope = tc3_signature(key or self.secret_key, timestamp, service, canonical,
+                                         date=scope_date)
         headers = {
             "Host": host_header,
             "Content-Type": content_type,

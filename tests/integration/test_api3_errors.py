@@ -163,6 +163,18 @@ def test_timestamp_window_v1(rawapi):
                                     timestamp=now - 600)) == "AuthFailure.SignatureExpire"
 
 
+def test_scope_date_must_be_the_timestamp_s(rawapi):
+    """A signature made with a key derived for another day does not sign today's request."""
+    assert raw_error_code(rawapi.tc3("ListFunctions", {}, scope_date="2020-01-01")) == \
+        "AuthFailure.SignatureFailure"
+
+
+def test_replayed_nonce_v1(rawapi):
+    fixed = {"Nonce": 424242, "Timestamp": int(time.time())}
+    raw_ok(rawapi.v1("ListFunctions", fixed))
+    assert raw_error_code(rawapi.v1("ListFunctions", fixed)) == "AuthFailure.SignatureExpire"
+
+
 def test_wrong_key_raw(rawapi):
     assert raw_error_code(rawapi.tc3("ListFunctions", {}, key="wrong")) == \
         "AuthFailure.SignatureFailure"

@@ -1,6 +1,7 @@
 """The `nimbus` client subcommands (deploy, invoke, logs, functions) against a real server."""
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -251,3 +252,33 @@ def test_status_dead_letters_and_replay(server, tmp_path):
     assert sdk.wait_async(new_id)["Status"] == "FAILED"
     again = run_cli(server, "replay", name, request_id)
     assert again.returncode != 0 and "ResourceNotFound.AsyncEvent" in again.stderr
+
+
+@pytest.mark.parametrize("command", ["functions", "invoke", "logs"])
+def test_closed_stdout_ends_the_command_quietly(server, api, deployed, command):
+    """`nimbus functions | head -1`: a reader that goes away early is no failure. Its read end
+    is closed before the command starts, so the first line written meets a broken pipe at once
+    (a real `head` races the command and may not)."""
+    assert_ok(api.invoke(deployed, {"n": 1}))  # something for `logs` to print
+    args = ["functions"] if command == "functions" else [command, deployed]
+    env = clean_env(
+        NIMBUS_ENDPOINT=server.endpoint,
+        NIMBUS_SECRET_ID=server.secret_id,
+        NIMBUS_SECRET_KEY=server.secret_key,
+    )
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [nimbus_bin(), *args],
+            stdin=subprocess.DEVNULL,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            timeout=CLI_TIMEOUT_S,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""

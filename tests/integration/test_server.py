@@ -1,6 +1,7 @@
 """The server process itself: health check, shutdown, persistence across a restart, generated
 credentials, and refusing to start on bad input."""
 
+import http.client
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import pytest
 from helpers import (
     ECHO,
     RawClient,
+    RawResponse,
     assert_error,
     assert_ok,
     finished_log,
@@ -28,6 +30,7 @@ from helpers import (
     toolbox_zip,
     unique_name,
 )
+from api3_helpers import envelope as api3_envelope
 from nimbus_server import LISTENING_RE, clean_env, nimbus_bin
 
 FAIL_TIMEOUT_S = 20
@@ -338,3 +341,48 @@ def test_bad_config_file_is_refused(scratch, case):
     _, stderr = serve_expecting_failure("--config", str(config), data_dir=scratch / "data")
     expected = "no_such_setting_anywhere" if case == "unknown-key" else "nimbus.toml"
     assert expected in stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Request bodies over the server's limit
+# --------------------------------------------------------------------------------------------
+
+MAX_BODY_BYTES = 80 * 1024 * 1024  # crates/api/src/lib.rs
+
+
+def post_oversized(host, path, size):
+    """POSTs `size` bytes, one shared 1 MiB block at a time (never held whole), and reads the
+    answer even if the server closed the connection before taking all of them: it stops
+    reading at its limit, and SDKs (urllib3) read the answer after a broken pipe too."""
+    hostname, port = host.rsplit(":", 1)
+    conn = http.client.HTTPConnection(hostname, int(port), timeout=60)
+    try:
+        conn.putrequest("POST", path)
+        conn.putheader("Content-Type", "application/x-www-form-urlencoded")
+        conn.putheader("Content-Length", str(size))
+        conn.endheaders()
+        block = b"a" * (1 << 20)
+        try:
+            for offset in range(0, size, len(block)):
+                conn.send(block[: size - offset])
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        resp = conn.getresponse()
+        found = {k.lower(): v for k, v in resp.getheaders()}
+        return RawResponse(resp.status, found, resp.read())
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("over_by", [1, 16 * 1024 * 1024])
+@pytest.mark.parametrize("path", ["/v2/index.php", "/"])
+def test_body_over_the_limit_is_refused_in_the_dialect(server, path, over_by):
+    resp = post_oversized(server.host, path, MAX_BODY_BYTES + over_by)
+    assert resp.status == 200, (resp.status, resp.body[:200])
+    assert resp.headers.get("content-type") == "application/json", resp.headers
+    if path == "/":
+        error = api3_envelope(resp)["Error"]
+        assert error["Code"] == "InvalidParameter.RequestTooLarge", error
+        assert error["Message"], error
+    else:
+        assert_error(resp.json(), 4000, "InvalidParameter.RequestTooLarge")

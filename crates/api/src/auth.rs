@@ -254,6 +254,11 @@ impl Authenticator {
         if !valid {
             return Err(ApiError::SignatureFailure);
         }
+        // Every client derives the scope's date from the same timestamp; a key derived for
+        // another day must not sign today's requests.
+        if authorization.date != nimbus_sign::utc_date(timestamp) {
+            return Err(ApiError::SignatureFailure);
+        }
         if (now - timestamp).abs() > Self::API3_WINDOW_SECS {
             return Err(ApiError::SignatureExpire {
                 timestamp,
@@ -478,6 +483,23 @@ mod tests {
         assert!(verify_tc3(&auth, &bare, 1000).is_ok());
         let tccli = tc3_headers("http://127.0.0.1:9000", "http://127.0.0.1:9000", 1000, KEY);
         assert!(verify_tc3(&auth, &tccli, 1000).is_ok());
+    }
+
+    #[test]
+    fn tc3_refuses_a_scope_date_other_than_the_timestamp_s() {
+        let auth = authenticator();
+        let day = 86_400;
+        // Signed correctly for the scope it names, but that scope is the day before.
+        let mut headers = tc3_headers("127.0.0.1:9000", "127.0.0.1:9000", 5 * day, KEY);
+        let stale = tc3_headers("127.0.0.1:9000", "127.0.0.1:9000", 4 * day, KEY);
+        headers[0] = stale[0].clone();
+        assert!(matches!(
+            verify_tc3(&auth, &headers, 5 * day),
+            Err(ApiError::SignatureFailure)
+        ));
+        // The last second of a day and its own date pass.
+        let late = tc3_headers("127.0.0.1:9000", "127.0.0.1:9000", 5 * day - 1, KEY);
+        assert!(verify_tc3(&auth, &late, 5 * day - 1).is_ok());
     }
 
     #[test]

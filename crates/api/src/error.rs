@@ -109,7 +109,8 @@ impl ApiError {
             ApiError::SignatureFailure => "AuthFailure.SignatureFailure",
             ApiError::SecretIdNotFound(_) => "AuthFailure.SecretIdNotFound",
             ApiError::SignatureExpire { .. } => "AuthFailure.SignatureExpire",
-            ApiError::NonceReplay(_) => "AuthFailure.NonceReplay",
+            // SCF-API.md §6: a replayed nonce is reported like a request out of its window.
+            ApiError::NonceReplay(_) => "AuthFailure.SignatureExpire",
             ApiError::FunctionNotFound(_) => "ResourceNotFound.Function",
             ApiError::FunctionExists(_) => "ResourceInUse.Function",
             ApiError::FunctionBusy(_) => "FailedOperation.FunctionStatusError",

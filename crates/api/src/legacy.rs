@@ -77,7 +77,7 @@ pub async fn handle(
     .await
 }
 
-fn envelope(result: Result<Map<String, Value>, ApiError>) -> Response {
+pub(crate) fn envelope(result: Result<Map<String, Value>, ApiError>) -> Response {
     let body = match result {
         Ok(mut fields) => {
             let mut body = Map::new();

@@ -10,6 +10,10 @@
 //! the answer in the caller's dialect. It knows nothing about processes.
 //!
 //! Both dialects are views of the same functions, namespaces and invocation records.
+//!
+//! Every answer on a dialect's path is HTTP 200 with that dialect's JSON envelope, even a
+//! refusal that happens before the dialect's handler runs (a body over [`MAX_BODY_BYTES`]):
+//! the SDKs read any other status as a transport failure.
 
 pub mod api3;
 pub mod auth;
@@ -22,8 +26,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -50,7 +55,30 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(legacy::PATH, get(legacy::handle).post(legacy::handle))
         .route(api3::PATH, get(api3::handle).post(api3::handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(answer_oversized_body_in_dialect))
         .with_state(state)
+}
+
+/// Turns the body extractor's bare `413 Payload Too Large` (text, sent before any handler
+/// runs) into a `RequestTooLarge` error in the envelope of the path's dialect.
+async fn answer_oversized_body_in_dialect(request: Request, next: Next) -> Response {
+    let on_legacy_path = match request.uri().path() {
+        legacy::PATH => true,
+        api3::PATH => false,
+        _ => return next.run(request).await,
+    };
+    let response = next.run(request).await;
+    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
+        return response;
+    }
+    let error = ApiError::RequestTooLarge(format!(
+        "the request body is over {MAX_BODY_BYTES} bytes, the most this server accepts"
+    ));
+    if on_legacy_path {
+        legacy::envelope(Err(error))
+    } else {
+        api3::envelope(Err(error), &platform::new_request_id())
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -449,6 +449,45 @@ impl Platform {
             .await?)
     }
 
+    /// Reserves `reserved_mb` of the node's memory budget for a function's live instances, which
+    /// also caps them at `reserved_mb / MemorySize` (SCF's `PutReservedConcurrencyConfig`);
+    /// `None` removes the reservation. Reservations together may not pass the budget.
+    ///
+    /// # Errors
+    /// `InvalidParameter` (`FailedOperation.ReservedExceedTotal`), `FunctionNotFound` or
+    /// `Internal`.
+    pub async fn set_reserved_concurrency(
+        &self,
+        namespace: &str,
+        name: &str,
+        reserved_mb: Option<u32>,
+    ) -> Result<FunctionRecord, ApiError> {
+        if let Some(reserved) = reserved_mb {
+            self.control.get_function(namespace, name).await?;
+            let others = self
+                .control
+                .store()
+                .reserved_concurrency_mb(namespace, name)
+                .await
+                .map_err(|e| internal(&e))?;
+            let room = self.limits.memory_budget_mb.saturating_sub(others);
+            if u64::from(reserved) > room {
+                return Err(ApiError::invalid(
+                    "FailedOperation.ReservedExceedTotal",
+                    format!(
+                        "ReservedConcurrencyMem {reserved} MB is more than the {room} MB of the \
+                         node's memory budget ({} MB) not reserved by other functions",
+                        self.limits.memory_budget_mb
+                    ),
+                ));
+            }
+        }
+        Ok(self
+            .control
+            .set_reserved_concurrency(namespace, name, reserved_mb)
+            .await?)
+    }
+
     /// Runs an invocation and waits for it; the record is stored before this returns.
     ///
     /// # Errors
@@ -583,6 +622,7 @@ fn function_spec(control: &Control, record: &FunctionRecord, region: &str) -> Fu
         // Control only stores runtimes it serves; an unknown name here is a stored row from a
         // newer version, run as Python 3 rather than refused.
         runtime: Runtime::from_scf_name(&record.runtime).unwrap_or(Runtime::Python3),
+        runtime_name: record.runtime.clone(),
         handler: record.handler.clone(),
         code_dir: control.code_dir(record),
         memory_mb: record.memory_size,
@@ -593,6 +633,7 @@ fn function_spec(control: &Control, record: &FunctionRecord, region: &str) -> Fu
         // No network unless the function asks for it (PublicNetConfig): the instance then has
         // only its own loopback.
         network: record.public_net,
+        reserved_concurrency_mb: record.reserved_concurrency_mb,
     }
 }
 

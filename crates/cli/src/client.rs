@@ -1,6 +1,10 @@
 //! The client subcommands: a small legacy-API client that signs with the same code the server
 //! verifies with.
 //!
+//! Output goes to stdout line by line through `say!`: when the reader closes the pipe early
+//! (`nimbus functions | head -1`), the command stops at its next line with [`StdoutClosed`],
+//! which `main` ends quietly (exit status 0), instead of panicking as `println!` does.
+//!
 //! # Limitations
 //! - Plain HTTP only: the endpoint is a local or trusted-network Nimbus, not the cloud.
 
@@ -31,6 +35,30 @@ pub struct CallError {
     pub code_desc: String,
     /// Server's message.
     pub message: String,
+}
+
+/// Stdout was closed by its reader: whatever the command still had to print has no reader.
+#[derive(Debug, thiserror::Error)]
+#[error("standard output is closed")]
+pub struct StdoutClosed;
+
+/// Writes one line to stdout, like `println!`, but returns an error instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        write_line(format_args!($($arg)*))
+    };
+}
+
+/// Writes `line` and a newline to stdout (line-buffered, so each line is written at once).
+///
+/// # Errors
+/// [`StdoutClosed`] if the reader has gone, any other write failure with context.
+fn write_line(line: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        Err(error) => Err(anyhow::Error::new(error).context("cannot write to standard output")),
+    }
 }
 
 impl Client {
@@ -197,21 +225,21 @@ impl Client {
 pub fn status(client: &Client, request_id: &str) -> anyhow::Result<()> {
     let id = serde_json::json!({ "InvokeRequestId": request_id });
     let status = client.call3("GetAsyncEventStatus", &id)?;
-    println!(
+    say!(
         "{}  {}  statusCode={}",
         request_id,
         status["Result"]["Status"].as_str().unwrap_or(""),
         status["Result"]["StatusCode"]
-    );
+    )?;
     let attempts = client.call3("ListAsyncEventAttempts", &id)?;
     for attempt in attempts["Attempts"].as_array().cloned().unwrap_or_default() {
-        println!(
+        say!(
             "  attempt {}  {}  retCode={}  {:.3} ms",
             attempt["Attempt"],
             attempt["StartTime"].as_str().unwrap_or(""),
             attempt["RetCode"],
             attempt["Duration"].as_f64().unwrap_or(0.0),
-        );
+        )?;
     }
     Ok(())
 }
@@ -230,14 +258,14 @@ pub fn dead_letters(client: &Client, name: &str) -> anyhow::Result<()> {
         .cloned()
         .unwrap_or_default()
     {
-        println!(
+        say!(
             "{}  {}  attempts={}  errorCode={}  {}",
             letter["FailedTime"].as_str().unwrap_or(""),
             letter["InvokeRequestId"].as_str().unwrap_or(""),
             letter["Attempts"],
             letter["ErrorCode"],
             letter["ErrorMessage"].as_str().unwrap_or(""),
-        );
+        )?;
     }
     Ok(())
 }
@@ -251,7 +279,7 @@ pub fn replay(client: &Client, name: &str, request_id: &str) -> anyhow::Result<(
         "ReplayDeadLetterEvent",
         &serde_json::json!({ "FunctionName": name, "InvokeRequestId": request_id }),
     )?;
-    println!("{}", replayed["InvokeRequestId"].as_str().unwrap_or(""));
+    say!("{}", replayed["InvokeRequestId"].as_str().unwrap_or(""))?;
     Ok(())
 }
 
@@ -311,11 +339,11 @@ pub fn deploy(client: &Client, options: DeployOptions) -> anyhow::Result<()> {
     };
     client.call(action, &params)?;
     let verb = if exists { "updated" } else { "created" };
-    println!(
+    say!(
         "{verb} function {} ({} bytes of code)",
         options.name,
         package.len()
-    );
+    )?;
     Ok(())
 }
 
@@ -397,7 +425,7 @@ pub fn invoke(
     let answer = client.call("InvokeFunction", &params)?;
     let data = &answer["data"];
     if is_async {
-        println!("{}", data["requestId"].as_str().unwrap_or(""));
+        say!("{}", data["requestId"].as_str().unwrap_or(""))?;
         return Ok(true);
     }
     if log {
@@ -405,10 +433,10 @@ pub fn invoke(
     }
     let err_msg = data["errMsg"].as_str().unwrap_or("");
     if err_msg.is_empty() {
-        println!("{}", data["retMsg"].as_str().unwrap_or(""));
+        say!("{}", data["retMsg"].as_str().unwrap_or(""))?;
         Ok(true)
     } else {
-        println!("{err_msg}");
+        say!("{err_msg}")?;
         Ok(false)
     }
 }
@@ -427,16 +455,16 @@ pub fn logs(client: &Client, name: &str, limit: u32) -> anyhow::Result<()> {
     )?;
     let entries = answer["data"].as_array().cloned().unwrap_or_default();
     for entry in entries.iter().rev() {
-        println!(
+        say!(
             "{}  {}  {}  retCode={}  {:.3} ms",
             entry["startTime"].as_str().unwrap_or(""),
             entry["requestId"].as_str().unwrap_or(""),
             entry["invokeType"].as_str().unwrap_or(""),
             entry["retCode"],
             entry["duration"].as_f64().unwrap_or(0.0),
-        );
+        )?;
         for line in entry["log"].as_str().unwrap_or("").lines() {
-            println!("    {line}");
+            say!("    {line}")?;
         }
     }
     Ok(())
@@ -462,12 +490,12 @@ pub fn functions(client: &Client) -> anyhow::Result<()> {
             .cloned()
             .unwrap_or_default();
         for function in &page {
-            println!(
+            say!(
                 "{}  {}  {}",
                 function["functionName"].as_str().unwrap_or(""),
                 function["runtime"].as_str().unwrap_or(""),
                 function["modTime"].as_str().unwrap_or(""),
-            );
+            )?;
         }
         offset += page.len();
         let total = answer["data"]["total"].as_u64().unwrap_or(0);

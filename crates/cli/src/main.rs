@@ -146,6 +146,8 @@ fn main() -> ExitCode {
     match run(cli.command, &cli.connection) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
+        // The reader of the output has gone (`nimbus functions | head -1`): nothing is wrong.
+        Err(error) if error.is::<client::StdoutClosed>() => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("nimbus: {error:#}");
             ExitCode::from(1)

@@ -215,14 +215,15 @@ impl CodeStore {
         }
     }
 
-    /// Reads one file of a stored package as text (lossily for non-UTF-8 bytes).
+    /// Reads one file of a stored package as text; `None` if it is not UTF-8 (a compiled
+    /// program, say), which has no text to show.
     ///
     /// # Errors
     /// `ControlError::Io` when the file cannot be read.
-    pub fn read_file(&self, sha256: &str, relative: &str) -> Result<String, ControlError> {
+    pub fn read_text(&self, sha256: &str, relative: &str) -> Result<Option<String>, ControlError> {
         let path = safe_path(relative)?;
         let bytes = std::fs::read(self.code_dir(sha256).join(path))?;
-        Ok(String::from_utf8_lossy(&bytes).into_owned())
+        Ok(String::from_utf8(bytes).ok())
     }
 
     /// Removes a package that no function uses any more.
@@ -414,10 +415,20 @@ mod tests {
         store.put(&sha, &package).expect("put");
         store.put(&sha, &package).expect("put again is a no-op");
         assert_eq!(
-            store.read_file(&sha, "index.py").expect("read"),
+            store
+                .read_text(&sha, "index.py")
+                .expect("read")
+                .expect("text"),
             "print('hi')"
         );
         assert!(store.code_dir(&sha).join("lib/util.py").is_file());
+        // A file that is not UTF-8 has no text.
+        std::fs::write(
+            store.code_dir(&sha).join("program"),
+            [0x7f, b'E', 0xff, 0xfe],
+        )
+        .expect("write");
+        assert_eq!(store.read_text(&sha, "program").expect("read"), None);
         store.remove(&sha).expect("remove");
         assert!(!store.code_dir(&sha).exists());
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("code"))

@@ -198,6 +198,7 @@ impl Control {
             async_msg_ttl: rules::MAX_MSG_TTL_SECS,
             public_net: settings.public_net.unwrap_or(false),
             init_timeout,
+            reserved_concurrency_mb: None,
         };
         match self.store.insert_function(record.clone()).await? {
             InsertFunction::Inserted => {}
@@ -306,6 +307,32 @@ impl Control {
             rules::check_msg_ttl(msg_ttl)?;
             next.async_msg_ttl = msg_ttl;
         }
+        next.revision = current.revision + 1;
+        next.mod_time = nimbus_store::now_ms();
+        if !self
+            .store
+            .update_function(next.clone(), current.revision)
+            .await?
+        {
+            return Err(ControlError::Conflict(function_name.to_owned()));
+        }
+        Ok(next)
+    }
+
+    /// Sets (or, with `None`, removes) the memory reserved for a function's live instances,
+    /// MB (SCF's `ReservedConcurrencyMem`). The caller checks it against the node's total.
+    ///
+    /// # Errors
+    /// `FunctionNotFound`, `Conflict` when the function changed meanwhile, or `Store`.
+    pub async fn set_reserved_concurrency(
+        &self,
+        namespace: &str,
+        function_name: &str,
+        reserved_mb: Option<u32>,
+    ) -> Result<FunctionRecord, ControlError> {
+        let current = self.get_function(namespace, function_name).await?;
+        let mut next = current.clone();
+        next.reserved_concurrency_mb = reserved_mb;
         next.revision = current.revision + 1;
         next.mod_time = nimbus_store::now_ms();
         if !self
@@ -447,7 +474,12 @@ impl Control {
     pub fn handler_source(&self, record: &FunctionRecord) -> Result<String, ControlError> {
         let family = rules::runtime_family(&record.runtime)?;
         let file = rules::handler_file(&record.handler, family)?;
-        self.code.read_file(&record.code_sha256, &file)
+        // A compiled bootstrap has no source to show: empty, as for code the console
+        // cannot display.
+        Ok(self
+            .code
+            .read_text(&record.code_sha256, &file)?
+            .unwrap_or_default())
     }
 
     /// Decodes, checks and stores a package; returns its hash and size. Runs on the blocking

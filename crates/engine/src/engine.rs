@@ -14,16 +14,20 @@
 //! and, if the invocation is dropped half-way (its caller went away), gives the slot back and
 //! lets the instance die with it.
 //!
-//! Background work: one reaper task stops instances idle for longer than the keep-alive. It
-//! holds only a weak reference, so dropping the last [`Engine`] ends it.
+//! Background work: one reaper task stops instances idle for longer than the keep-alive; one
+//! idle watcher, woken when an instance goes idle with processes an invocation left running,
+//! measures such instances at the memory watchdog's pace and stops any past its limit (a
+//! function's children are not frozen between invocations, as they are on SCF). Both hold
+//! only a weak reference, so dropping the last [`Engine`] ends them.
 //!
 //! # Limitations
 //!
-//! - Concurrency is one node-wide number per function ([`EngineConfig::default_concurrency`])
-//!   plus the node's memory budget ([`EngineConfig::memory_budget_mb`]); SCF's reserved
-//!   concurrency (accounted in MB per function) is not enforced.
-//! - Python cold starts take a spare (an interpreter started ahead, see `spare.rs`) when there
-//!   is one; other runtimes start their instances on demand.
+//! - Concurrency is per function: its reserved MB over its memory size when it has a
+//!   reservation ([`FunctionSpec::reserved_concurrency_mb`]), else the node-wide
+//!   [`EngineConfig::default_concurrency`]; and the node's memory budget
+//!   ([`EngineConfig::memory_budget_mb`]) bounds all live instances.
+//! - Python and Node.js cold starts take a spare (an interpreter started ahead, see
+//!   `spare.rs`) when there is one; custom runtimes start their instances on demand.
 //! - A failed start (init timeout, crash while loading) is not remembered: every invocation
 //!   that needs an instance tries once more, so a function whose init always fails costs one
 //!   start per call (never more, never in a loop). A back-off would spare the host.
@@ -33,6 +37,7 @@ use std::time::Duration;
 
 use nimbus_sandbox::{Capabilities, Isolation, MemoryEnforcement};
 use tokio::runtime::Handle;
+use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
@@ -66,6 +71,15 @@ struct Inner {
     pools: Mutex<Pools<Instance>>,
     /// Python instances started ahead of need (see `spare.rs`).
     spares: Spares,
+    /// Wakes the idle watcher: an instance went idle with processes left running.
+    idle_watch: Arc<Notify>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The idle watcher may be parked: let it see the engine is gone.
+        self.idle_watch.notify_one();
+    }
 }
 
 impl Engine {
@@ -96,8 +110,13 @@ impl Engine {
             spawner,
             pools: Mutex::new(pools),
             spares,
+            idle_watch: Arc::new(Notify::new()),
         });
         runtime.spawn(reap_idle(Arc::downgrade(&inner), period));
+        runtime.spawn(watch_idle(
+            Arc::downgrade(&inner),
+            Arc::clone(&inner.idle_watch),
+        ));
         inner.refill_spares();
         Ok(Engine { inner })
     }
@@ -204,10 +223,14 @@ impl Inner {
             name: spec.name.clone(),
         };
         let tag = tag_of(spec);
+        let limit = match spec.reserved_concurrency_mb {
+            Some(reserved) => reserved / spec.memory_mb.max(1),
+            None => self.config.default_concurrency,
+        };
         let demand = Demand {
             key: &key,
             tag: &tag,
-            limit: usize::try_from(self.config.default_concurrency).unwrap_or(usize::MAX),
+            limit: usize::try_from(limit).unwrap_or(usize::MAX),
             memory_mb: spec.memory_mb,
         };
         let grant = self.lock().acquire(demand);
@@ -220,7 +243,10 @@ impl Inner {
             (Admission::Warm(instance), Some(ticket)) => (Some(instance), ticket),
             (Admission::Cold, Some(ticket)) => (None, ticket),
             (Admission::Exceeded, _) => {
-                let message = scf::concurrency_message(&spec.name, self.config.default_concurrency);
+                let message = match spec.reserved_concurrency_mb {
+                    Some(reserved) => scf::reserved_message(&spec.name, reserved),
+                    None => scf::concurrency_message(&spec.name, limit),
+                };
                 tracing::debug!("concurrency exceeded");
                 return rejected(&request, scf::CONCURRENCY_EXCEEDED, &message);
             }
@@ -636,6 +662,35 @@ async fn reap_idle(inner: Weak<Inner>, period: Duration) {
     }
 }
 
+/// How often the idle watcher looks at the instances it watches (each is measured at its own
+/// watchdog pace, 2 to 20 ms).
+const IDLE_WATCH_PERIOD: Duration = Duration::from_millis(10);
+
+async fn watch_idle(inner: Weak<Inner>, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        // Until no idle instance has processes left running.
+        loop {
+            tokio::time::sleep(IDLE_WATCH_PERIOD).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let (over, watched) = {
+                let mut pools = inner.lock();
+                if pools.is_closed() {
+                    return;
+                }
+                let now = Instant::now();
+                pools.sweep_idle(|instance| instance.idle_memory_exceeded(now))
+            };
+            stop_all(over).await;
+            if !watched {
+                break;
+            }
+        }
+    }
+}
+
 /// An invocation's claim on an instance slot of its function; see the module header.
 #[derive(Debug)]
 struct Lease {
@@ -688,12 +743,17 @@ impl Lease {
             (None, _) => None,
         };
         self.open = false;
+        let watched = returned
+            .as_ref()
+            .is_some_and(|(instance, _)| instance.watched_while_idle());
         let refused = self
             .inner
             .lock()
             .release(&self.key, self.ticket, returned, Instant::now());
         if let Some(instance) = refused {
             instance.stop().await;
+        } else if watched {
+            self.inner.idle_watch.notify_one();
         }
     }
 }

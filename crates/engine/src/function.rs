@@ -65,6 +65,9 @@ pub struct FunctionSpec {
     pub revision: u64,
     /// Language runtime.
     pub runtime: Runtime,
+    /// SCF's name of the runtime the function was created with (`Python3.10`), which
+    /// `SCF_RUNTIME` reports; empty: the shim reports the host interpreter's version.
+    pub runtime_name: String,
     /// Entry point, `file.function` (e.g. `index.main_handler`); free-form for
     /// [`Runtime::Custom`], whose `bootstrap` reads it from `_HANDLER`.
     pub handler: String,
@@ -90,6 +93,10 @@ pub struct FunctionSpec {
     /// network namespace of its own with only a loopback interface. Ignored with
     /// `Isolation::None`.
     pub network: bool,
+    /// Memory reserved for the function's live instances, MB (SCF's `ReservedConcurrencyMem`):
+    /// at most `reserved / memory_mb` instances, 0 refusing every invocation. `None`: the
+    /// node-wide [`crate::EngineConfig::default_concurrency`].
+    pub reserved_concurrency_mb: Option<u32>,
 }
 
 /// One invocation to run.

@@ -85,6 +85,9 @@ pub(crate) struct Instance {
     sandbox: Option<InstanceSandbox>,
     /// The fork-bomb report of the last invocation, taken by [`Instance::aftermath`].
     process_report: Option<String>,
+    /// While idle with processes an invocation left running: when their memory is measured
+    /// next ([`Instance::idle_memory_exceeded`]). `None` when the runtime runs alone.
+    idle_sample_at: Option<Instant>,
 }
 
 /// What an invocation left behind, besides its outcome.
@@ -296,6 +299,7 @@ impl Instance {
             api,
             sandbox: Some(sandbox),
             process_report: None,
+            idle_sample_at: None,
         };
         let ready = if instance.api.is_some() {
             instance
@@ -382,10 +386,48 @@ impl Instance {
         if worn_out {
             tracing::debug!(pid = self.pid, "runtime near its CPU-time limit, recycling");
         }
+        // Processes left running keep using memory while the instance waits: watch them.
+        let left_running = !self.reaped
+            && self
+                .sandbox
+                .as_ref()
+                .is_some_and(|sandbox| sandbox.runs_more_than_the_runtime(self.group));
+        self.idle_sample_at = left_running.then(|| self.watchdog.first_sample_at().into());
         Aftermath {
             stop: note.is_some() || worn_out,
             note,
         }
+    }
+
+    /// Whether the instance must be stopped while idle because the processes an invocation
+    /// left running took it past its memory limit. Measures only instances that have such
+    /// processes ([`Instance::aftermath`] finds them), each at the watchdog's pace; `None` for
+    /// an instance not watched.
+    pub(crate) fn idle_memory_exceeded(&mut self, now: Instant) -> Option<bool> {
+        let at = self.idle_sample_at?;
+        if now < at {
+            return Some(false);
+        }
+        match self.watchdog.sample() {
+            Sample::Within(pause) => {
+                self.idle_sample_at = Some(now + pause);
+                Some(false)
+            }
+            Sample::Exceeded { resident_bytes } => {
+                tracing::warn!(
+                    pid = self.pid,
+                    resident_mb = resident_bytes >> 20,
+                    "processes left running by an invocation passed the function's memory \
+                     limit while the instance was idle; stopping it"
+                );
+                Some(true)
+            }
+        }
+    }
+
+    /// Whether [`Instance::idle_memory_exceeded`] measures this instance while it is idle.
+    pub(crate) fn watched_while_idle(&self) -> bool {
+        self.idle_sample_at.is_some()
     }
 
     /// Counts the instance's processes once per invocation, while they still run.

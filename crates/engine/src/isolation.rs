@@ -255,9 +255,14 @@ impl Isolator {
             plan.cgroup()
                 .and_then(|cgroup| std::fs::File::open(cgroup.path().join(name)).ok())
         };
-        let (threads, pids_events) = (open("cgroup.threads"), open("pids.events"));
+        let (threads, procs, pids_events) = (
+            open("cgroup.threads"),
+            open("cgroup.procs"),
+            open("pids.events"),
+        );
         InstanceSandbox {
             threads,
+            procs,
             pids_events,
             plan: Arc::new(plan),
             _uid: uid,
@@ -291,6 +296,8 @@ pub(crate) struct InstanceSandbox {
     /// The instance cgroup's `cgroup.threads`, kept open: it is read after every invocation.
     /// Declared first, so it is closed before the plan removes the cgroup.
     threads: Option<std::fs::File>,
+    /// Its `cgroup.procs`, kept open for the same reason.
+    procs: Option<std::fs::File>,
     /// Its `pids.events` (with the pids controller only), kept open for the same reason.
     pids_events: Option<std::fs::File>,
     plan: Arc<Plan>,
@@ -367,6 +374,21 @@ impl InstanceSandbox {
              instance, which may run {}; the instance is stopped.",
             self.max_processes
         ))
+    }
+
+    /// Whether the instance runs other processes of the function besides its runtime (ones an
+    /// invocation started and left running).
+    pub(crate) fn runs_more_than_the_runtime(&self, spawned: u32) -> bool {
+        if let Some(file) = &self.procs {
+            let own = match self.isolation {
+                Isolation::Sandbox => SANDBOX_PROCESSES,
+                Isolation::None => 0,
+            };
+            return count_lines(file).is_some_and(|all| all > own + 1);
+        }
+        self.plan
+            .function_pids(spawned)
+            .is_ok_and(|pids| pids.len() > 1)
     }
 
     /// The function's processes and threads in this instance.
@@ -724,6 +746,7 @@ mod tests {
             version: "$LATEST".into(),
             revision: 1,
             runtime: Runtime::Python3,
+            runtime_name: String::new(),
             handler: "index.main_handler".into(),
             code_dir: "/srv/code".into(),
             memory_mb: 128,
@@ -732,6 +755,7 @@ mod tests {
             environment: Vec::new(),
             region: "ap-guangzhou".into(),
             network: false,
+            reserved_concurrency_mb: None,
         };
         assert_eq!(cpu_backstop_secs(&spec), 65 + 4 + 600);
     }

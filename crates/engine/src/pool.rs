@@ -363,6 +363,32 @@ impl<I> Pools<I> {
         self.discard(expired)
     }
 
+    /// Checks the idle instances `check` watches (it answers `None` for one it does not, else
+    /// whether it must go); answers those that must go, out of the pools, and whether any
+    /// idle instance is still watched.
+    pub(crate) fn sweep_idle(
+        &mut self,
+        mut check: impl FnMut(&mut I) -> Option<bool>,
+    ) -> (Vec<I>, bool) {
+        let mut watched = false;
+        let mut gone = Vec::new();
+        for pool in self.pools.values_mut() {
+            let out = pool
+                .idle
+                .extract_if(.., |idle| match check(&mut idle.instance) {
+                    Some(true) => true,
+                    Some(false) => {
+                        watched = true;
+                        false
+                    }
+                    None => false,
+                });
+            gone.extend(out);
+        }
+        self.pools.retain(|_, pool| pool.live() > 0);
+        (self.discard(gone), watched)
+    }
+
     /// Refuses further leases; returns every idle instance and the process groups of running
     /// ones (to be killed while this lock is held, so none of them is reaped meanwhile).
     pub(crate) fn close(&mut self) -> (Vec<I>, Vec<u32>) {
@@ -459,6 +485,29 @@ mod tests {
 
         let (admission, _) = lease(&mut pools, "f", &tag("$LATEST", 1), 8);
         assert!(matches!(admission, Admission::Warm(7)));
+    }
+
+    #[test]
+    fn sweeping_idle_instances_takes_out_those_that_must_go() {
+        let mut pools = Pools::default();
+        for (name, id) in [("f", 7), ("g", 8), ("h", 9)] {
+            let (_, ticket) = lease(&mut pools, name, &tag("$LATEST", 1), 8);
+            pools.release(
+                &key(name),
+                ticket,
+                Some((id, tag("$LATEST", 1))),
+                Instant::now(),
+            );
+        }
+        // 7 is watched and over its limit, 8 is watched and within it, 9 is not watched.
+        let verdict = |id: &mut u32| match *id {
+            7 => Some(true),
+            8 => Some(false),
+            _ => None,
+        };
+        assert_eq!(pools.sweep_idle(verdict), (vec![7], true));
+        assert_eq!((pools.live(), pools.committed_mb()), (2, 256));
+        assert_eq!(pools.sweep_idle(|_| None), (vec![], false));
     }
 
     #[test]

@@ -278,7 +278,12 @@ fn environment(
 
     // Platform variables: set last, so they win.
     set("USER_CODE_ROOT", &code_root);
-    set("SCF_RUNTIME", spec.runtime.scf_name());
+    let runtime_name = if spec.runtime_name.is_empty() {
+        spec.runtime.scf_name()
+    } else {
+        &spec.runtime_name
+    };
+    set("SCF_RUNTIME", runtime_name);
     set("SCF_FUNCTIONNAME", &spec.name);
     set("SCF_FUNCTIONVERSION", &spec.version);
     set("SCF_NAMESPACE", &spec.namespace);
@@ -357,6 +362,7 @@ mod tests {
             version: "$LATEST".into(),
             revision: 1,
             runtime: Runtime::Python3,
+            runtime_name: String::new(),
             handler: "index.main_handler".into(),
             code_dir: "/srv/code".into(),
             memory_mb: 128,
@@ -368,6 +374,7 @@ mod tests {
                 .collect(),
             region: "ap-guangzhou".into(),
             network: false,
+            reserved_concurrency_mb: None,
         }
     }
 

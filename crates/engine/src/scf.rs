@@ -65,6 +65,11 @@ pub(crate) fn concurrency_message(function: &str, limit: u32) -> String {
     format!("Function [ {function} ] concurrency exceeded: limit is {limit} instances")
 }
 
+/// SCF's refusal of an invocation past the function's reserved concurrency.
+pub(crate) fn reserved_message(function: &str, reserved_mb: u32) -> String {
+    format!("Function [ {function} ] concurrency exceeded reserved quota {reserved_mb} MB")
+}
+
 /// SCF's wording for a refusal because the node's memory budget is spent, in the shape of its
 /// concurrency-quota messages.
 pub(crate) fn budget_message(function: &str, budget_mb: u64) -> String {

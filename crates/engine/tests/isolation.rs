@@ -248,3 +248,61 @@ async fn code_only_its_owner_can_read_fails_the_start() {
     assert_eq!(engine.live_instances(), 0);
     engine.shutdown().await;
 }
+
+/// Starts children that outlive the invocation and then grow, together, past the function's
+/// 128 MB (each stays under its own `RLIMIT_DATA`).
+const HOG_LATER: &str = r#"
+import os, time
+
+def main_handler(event, context):
+    for _ in range(3):
+        if os.fork() == 0:
+            os.setsid()
+            time.sleep(0.3)
+            blocks = []
+            for _ in range(10):
+                blocks.append(b"x" * (8 << 20))
+                time.sleep(0.02)
+            time.sleep(30)
+            os._exit(0)
+    return os.getuid()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_left_running_are_held_to_the_memory_limit_while_idle() {
+    let fixture = Fixture::new(&[("index.py", HOG_LATER)]);
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("hog-later", Runtime::Python3);
+    let outcome = engine.invoke(&spec, request("h1", json!({}))).await;
+    let uid = ret(&outcome).as_u64().expect("uid");
+    assert_eq!(
+        engine.live_instances(),
+        1,
+        "the invocation itself succeeded"
+    );
+    // The children reach ~240 MB about half a second later, while the instance is idle.
+    eventually("the idle instance is stopped", || {
+        engine.live_instances() == 0
+    })
+    .await;
+    eventually("no process of the function is left", || !runs_as(uid)).await;
+    engine.shutdown().await;
+}
+
+/// Whether any live process has the real uid `uid`.
+fn runs_as(uid: u64) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
+            let zombie = status.contains("State:\tZ");
+            let real = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next())
+                .and_then(|id| id.parse::<u64>().ok());
+            !zombie && real == Some(uid)
+        })
+    })
+}

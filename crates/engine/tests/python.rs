@@ -61,6 +61,7 @@ impl Fixture {
             version: "$LATEST".into(),
             revision: 1,
             runtime: Runtime::Python3,
+            runtime_name: String::new(),
             handler: "index.main_handler".into(),
             code_dir: self.code.path().to_owned(),
             memory_mb: 128,
@@ -69,6 +70,7 @@ impl Fixture {
             environment: vec![("GREETING".into(), "hello".into())],
             region: "ap-guangzhou".into(),
             network: false,
+            reserved_concurrency_mb: None,
         }
     }
 }
@@ -286,6 +288,21 @@ async fn revision_bump_starts_fresh_instance() {
     engine.shutdown().await;
 }
 
+/// The trace's first frame is the handler's file and no frame is the shim's, as on SCF.
+fn assert_trace_starts_in_user_code(trace: &str) {
+    assert!(!trace.contains("bootstrap.py"), "the shim shows: {trace}");
+    let first = trace
+        .lines()
+        .find(|line| line.trim_start().starts_with("File \""))
+        .unwrap_or_else(|| panic!("no frame: {trace}"));
+    assert!(
+        first
+            .trim_start()
+            .starts_with("File \"/var/user/index.py\""),
+        "{trace}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exception_is_430_with_stack_trace() {
     let fixture = Fixture::new("def main_handler(event, context):\n    raise ValueError('boom')\n");
@@ -301,7 +318,7 @@ async fn exception_is_430_with_stack_trace() {
     assert_eq!(body["errorMessage"], "user code exception caught");
     let trace = body["stackTrace"].as_str().expect("stack trace");
     assert!(trace.contains("ValueError: boom"), "{trace}");
-    assert!(trace.contains("/var/user/index.py"), "{trace}");
+    assert_trace_starts_in_user_code(trace);
     assert!(outcome.log.contains("ValueError: boom"), "{}", outcome.log);
 
     // The instance survives a user exception.
@@ -370,6 +387,7 @@ async fn exception_at_import_is_443_and_import_is_retried() {
     assert_eq!(status, 443);
     let trace = body["stackTrace"].as_str().expect("stack trace");
     assert!(trace.contains("RuntimeError: at import"), "{trace}");
+    assert_trace_starts_in_user_code(trace);
 
     std::fs::write(fixture.code.path().join("fixed"), "").expect("write");
     let retried = engine.invoke(&spec, request("r2", Value::Null)).await;
@@ -599,6 +617,48 @@ async fn concurrency_limit_rejects_at_once() {
         .invoke(&spec, request("r3", serde_json::json!({})))
         .await;
     assert!(!after.cold_start);
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_s_reserved_concurrency_overrides_the_node_default() {
+    let fixture = Fixture::new(SLEEPER);
+    let mut config = fixture.config().await;
+    config.default_concurrency = 8;
+    let engine = Engine::new(config).expect("engine");
+    // 256 MB reserved for 128 MB instances: two of them.
+    let mut spec = fixture.spec("reserved");
+    spec.reserved_concurrency_mb = Some(256);
+    let first = start_sleeping(&engine, &spec, 2).await;
+    let second = start_sleeping(&engine, &spec, 2).await;
+    let rejected = engine
+        .invoke(&spec, request("r3", serde_json::json!({})))
+        .await;
+    let (status, body) = error(&rejected);
+    assert_eq!(status, 432);
+    assert_eq!(
+        body["errorMessage"],
+        "Function [ reserved ] concurrency exceeded reserved quota 256 MB"
+    );
+    for task in [first, second] {
+        let done = task.await.expect("task");
+        assert!(matches!(done.result, InvocationResult::Success { .. }));
+    }
+
+    // Nothing reserved: nothing runs.
+    let mut closed = fixture.spec("closed");
+    closed.reserved_concurrency_mb = Some(0);
+    let (status, _) = error(
+        &engine
+            .invoke(&closed, request("r4", serde_json::json!({})))
+            .await,
+    );
+    assert_eq!(status, 432);
+    assert_eq!(
+        engine.live_instances(),
+        2,
+        "a refused invocation started an instance"
+    );
     engine.shutdown().await;
 }
 

@@ -45,6 +45,9 @@ pub struct FunctionRecord {
     pub public_net: bool,
     /// Longest start-up of an instance, seconds (SCF's `InitTimeout`).
     pub init_timeout: u32,
+    /// Memory reserved for (and capping) the function's live instances, MB (SCF's
+    /// `ReservedConcurrencyMem`); `None` leaves it to the node-wide default.
+    pub reserved_concurrency_mb: Option<u32>,
 }
 
 /// What [`Store::insert_function`] did.
@@ -88,7 +91,7 @@ pub struct FunctionQuery {
 
 const COLUMNS: &str = "namespace, function_name, handler, runtime, description, memory_size, \
      timeout, environment, code_sha256, code_size, revision, add_time, mod_time, \
-     async_retry_num, async_msg_ttl, public_net, init_timeout";
+     async_retry_num, async_msg_ttl, public_net, init_timeout, reserved_concurrency_mb";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
     let record = FunctionRecord {
@@ -109,6 +112,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<(FunctionRecord, String)> {
         async_msg_ttl: row.get(14)?,
         public_net: row.get(15)?,
         init_timeout: row.get(16)?,
+        reserved_concurrency_mb: row.get(17)?,
     };
     Ok((record, row.get(7)?))
 }
@@ -174,7 +178,7 @@ impl Store {
             let inserted = conn.execute(
                 &format!(
                     "INSERT OR IGNORE INTO functions ({COLUMNS}) \
-                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17 \
+                     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18 \
                      WHERE EXISTS (SELECT 1 FROM namespaces WHERE namespace = ?1)"
                 ),
                 params![
@@ -195,6 +199,7 @@ impl Store {
                     record.async_msg_ttl,
                     record.public_net,
                     record.init_timeout,
+                    record.reserved_concurrency_mb,
                 ],
             )?;
             if inserted == 1 {
@@ -230,8 +235,8 @@ impl Store {
                 "UPDATE functions SET handler = ?3, runtime = ?4, description = ?5, \
                  memory_size = ?6, timeout = ?7, environment = ?8, code_sha256 = ?9, \
                  code_size = ?10, revision = ?11, mod_time = ?12, async_retry_num = ?14, \
-                 async_msg_ttl = ?15, public_net = ?16, init_timeout = ?17 \
-                 WHERE namespace = ?1 AND function_name = ?2 AND revision = ?13",
+                 async_msg_ttl = ?15, public_net = ?16, init_timeout = ?17, \
+                 reserved_concurrency_mb = ?18 WHERE namespace = ?1 AND function_name = ?2 AND revision = ?13",
                 params![
                     record.namespace,
                     record.function_name,
@@ -250,6 +255,7 @@ impl Store {
                     record.async_msg_ttl,
                     record.public_net,
                     record.init_timeout,
+                    record.reserved_concurrency_mb,
                 ],
             )?;
             cache.drop_entry(&record.namespace, &record.function_name);
@@ -352,6 +358,28 @@ impl Store {
         .await
     }
 
+    /// Memory reserved by every function but `namespace`/`function_name`, MB.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub async fn reserved_concurrency_mb(
+        &self,
+        namespace: &str,
+        function_name: &str,
+    ) -> Result<u64, StoreError> {
+        let (namespace, function_name) = (namespace.to_owned(), function_name.to_owned());
+        self.with(move |conn| {
+            let total: i64 = conn.query_row(
+                "SELECT COALESCE(SUM(reserved_concurrency_mb), 0) FROM functions \
+                 WHERE NOT (namespace = ?1 AND function_name = ?2)",
+                params![namespace, function_name],
+                |row| row.get(0),
+            )?;
+            Ok(u64::try_from(total).unwrap_or(0))
+        })
+        .await
+    }
+
     /// Every function in every namespace (used to find code packages still referenced).
     ///
     /// # Errors
@@ -403,6 +431,7 @@ mod tests {
             async_msg_ttl: 86400,
             public_net: false,
             init_timeout: 65,
+            reserved_concurrency_mb: None,
         }
     }
 
@@ -444,6 +473,7 @@ mod tests {
         let mut next = record("f1", 1);
         next.revision = 2;
         next.timeout = 9;
+        next.reserved_concurrency_mb = Some(256);
         assert!(
             !store
                 .update_function(next.clone(), 5)
@@ -457,6 +487,22 @@ mod tests {
             .expect("get")
             .expect("exists");
         assert_eq!((got.revision, got.timeout), (2, 9));
+        assert_eq!(got.reserved_concurrency_mb, Some(256));
+        assert_eq!(
+            store
+                .reserved_concurrency_mb("default", "f1")
+                .await
+                .expect("sum"),
+            0,
+            "the function's own reservation is left out"
+        );
+        assert_eq!(
+            store
+                .reserved_concurrency_mb("default", "f2")
+                .await
+                .expect("sum"),
+            256
+        );
         assert_eq!(got.environment, vec![("K".to_owned(), "V".to_owned())]);
     }
 

@@ -3,7 +3,7 @@
 use rusqlite::Connection;
 
 /// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS functions (
@@ -119,6 +119,9 @@ ALTER TABLE functions ADD COLUMN public_net INTEGER NOT NULL DEFAULT 0;
 const SCHEMA_V5: &str = "
 ALTER TABLE functions ADD COLUMN init_timeout INTEGER NOT NULL DEFAULT 65;
 ";
+const SCHEMA_V6: &str = "
+ALTER TABLE functions ADD COLUMN reserved_concurrency_mb INTEGER;
+";
 
 /// Applies connection settings and creates or upgrades the schema.
 pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
@@ -158,6 +161,12 @@ pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     if version < 5 {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(SCHEMA_V5)?;
+        tx.pragma_update(None, "user_version", 5)?;
+        tx.commit()?;
+    }
+    if version < 6 {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(SCHEMA_V6)?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }

@@ -48,6 +48,7 @@ async fn bootstrap_serves_events_through_the_engine() {
         version: "$LATEST".into(),
         revision: 1,
         runtime: Runtime::Custom,
+        runtime_name: String::new(),
         handler: "main".into(),
         code_dir: code.path().to_owned(),
         memory_mb: 128,
@@ -56,6 +57,7 @@ async fn bootstrap_serves_events_through_the_engine() {
         environment: Vec::new(),
         region: "ap-guangzhou".into(),
         network: false,
+        reserved_concurrency_mb: None,
     };
 
     let first = engine

@@ -72,6 +72,9 @@ pub async fn dispatch(state: &ApiState, action: &str, input: Input) -> Answer {
         "GetAccount" => get_account(state, input).await,
         "GetFunctionEventInvokeConfig" => get_event_invoke_config(state, input).await,
         "UpdateFunctionEventInvokeConfig" => update_event_invoke_config(state, input).await,
+        "PutReservedConcurrencyConfig" => put_reserved_concurrency(state, input).await,
+        "GetReservedConcurrencyConfig" => get_reserved_concurrency(state, input).await,
+        "DeleteReservedConcurrencyConfig" => delete_reserved_concurrency(state, input).await,
         // Nimbus extensions: the dead-letter store and each attempt of an async event.
         "ListDeadLetterEvents" => list_dead_letter_events(state, input).await,
         "ReplayDeadLetterEvent" => replay_dead_letter_event(state, input).await,
@@ -283,6 +286,10 @@ fn function_summary(record: &FunctionRecord) -> Map<String, Value> {
         ("Type", json!("Event")),
         ("Tags", json!([])),
         ("StatusReasons", json!([])),
+        (
+            "ReservedConcurrencyMem",
+            json!(record.reserved_concurrency_mb.unwrap_or(0)),
+        ),
     ] {
         view.insert(key.into(), value);
     }
@@ -937,6 +944,42 @@ async fn update_event_invoke_config(state: &ApiState, mut input: Input) -> Answe
     state
         .platform
         .update_async_config(&namespace, &name, retry_num, msg_ttl)
+        .await?;
+    Ok(Map::new())
+}
+
+async fn put_reserved_concurrency(state: &ApiState, mut input: Input) -> Answer {
+    let name = input.required("FunctionName")?;
+    let namespace = namespace(&mut input)?;
+    let reserved = input
+        .u32("ReservedConcurrencyMem")?
+        .ok_or_else(|| ApiError::MissingParameter("ReservedConcurrencyMem".into()))?;
+    input.finish()?;
+    state
+        .platform
+        .set_reserved_concurrency(&namespace, &name, Some(reserved))
+        .await?;
+    Ok(Map::new())
+}
+
+async fn get_reserved_concurrency(state: &ApiState, mut input: Input) -> Answer {
+    let name = input.required("FunctionName")?;
+    let namespace = namespace(&mut input)?;
+    input.finish()?;
+    let record = state.platform.get_function(&namespace, &name).await?;
+    let mut answer = Map::new();
+    // SCF answers null for a function without a reservation.
+    answer.insert("ReservedMem".into(), json!(record.reserved_concurrency_mb));
+    Ok(answer)
+}
+
+async fn delete_reserved_concurrency(state: &ApiState, mut input: Input) -> Answer {
+    let name = input.required("FunctionName")?;
+    let namespace = namespace(&mut input)?;
+    input.finish()?;
+    state
+        .platform
+        .set_reserved_concurrency(&namespace, &name, None)
         .await?;
     Ok(Map::new())
 }

@@ -83,7 +83,7 @@ pub async fn handle(
     envelope(result, &request_id)
 }
 
-fn envelope(result: Result<Map<String, Value>, ApiError>, request_id: &str) -> Response {
+pub(crate) fn envelope(result: Result<Map<String, Value>, ApiError>, request_id: &str) -> Response {
     let mut response = match result {
         Ok(fields) => fields,
         Err(error) => {

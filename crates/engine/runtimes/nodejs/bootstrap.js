@@ -54,6 +54,11 @@
  * so such a handler must set callbackWaitsForEmptyEventLoop to false or run
  * into its timeout, as on SCF.
  *
+ * Stack traces (in the error reply and the log) end at the user's outermost
+ * frame: the shim's frames, the Node internals that called the shim, and the
+ * module loader frames between the shim and the user's module are cut, as SCF
+ * shows no frame of its runtime.
+ *
  * Out of memory: a `RangeError: Array buffer allocation failed` (what Node
  * throws when RLIMIT_DATA refuses an allocation) is reported as status 434;
  * the engine then recycles the instance.
@@ -78,6 +83,8 @@ const util = require('util');
 const HEADER_BYTES = 4;
 const DRAIN_POLL_MS = 5;
 const EXCEPTION_MESSAGE = 'user code exception caught';
+/** A frame of a V8 stack trace (`    at fn (file:line:col)`). */
+const FRAME_LINE = /^\s+at /;
 
 // ---- Set-up, before any user code --------------------------------------------
 
@@ -88,8 +95,14 @@ let spare = process.env._NIMBUS_SPARE === '1';
 delete process.env._NIMBUS_SPARE;
 let codeRoot = process.env.USER_CODE_ROOT || process.cwd();
 let handlerSpec = process.env._HANDLER || '';
-const runtimeName = 'Nodejs' + process.versions.node.split('.').slice(0, 2).join('.');
-process.env.SCF_RUNTIME = runtimeName;
+/** The host's version, for a function whose runtime the engine did not name (`Nodejs`). */
+const hostRuntimeName = 'Nodejs' + process.versions.node.split('.').slice(0, 2).join('.');
+function refineRuntimeName() {
+  if ((process.env.SCF_RUNTIME || 'Nodejs') === 'Nodejs') {
+    process.env.SCF_RUNTIME = hostRuntimeName;
+  }
+}
+refineRuntimeName();
 
 const control = new net.Socket({ fd: 0, readable: true, writable: true });
 const stdout = process.stdout;
@@ -247,7 +260,7 @@ function takeAssignment(message) {
   delete process.env._NIMBUS_LOG_TOKEN;
   codeRoot = process.env.USER_CODE_ROOT || codeRoot;
   handlerSpec = process.env._HANDLER || '';
-  process.env.SCF_RUNTIME = runtimeName;
+  refineRuntimeName();
   process.chdir(codeRoot); // the directory the code was mounted over
   require('module')._initPaths(); // the function's NODE_PATH
   spare = false;
@@ -272,9 +285,27 @@ function loadedHandler() {
 
 function stackOf(err) {
   if (err instanceof Error || (err && typeof err.stack === 'string')) {
-    return String(err.stack);
+    return withoutShimFrames(String(err.stack));
   }
   return typeof err === 'string' ? err : util.inspect(err);
+}
+
+/**
+ * `stack` cut at the shim's first frame: that frame, and every frame after it (Node internals
+ * that called the shim), go; so do the `node:` frames right before it, the loader or plumbing
+ * between the shim and the user's code. A stack without a shim frame is returned as it is.
+ */
+function withoutShimFrames(stack) {
+  const lines = stack.split('\n');
+  const shimFrame = (line) => FRAME_LINE.test(line) && line.includes(`${__filename}:`);
+  let end = lines.findIndex(shimFrame);
+  if (end < 0) {
+    return stack;
+  }
+  while (end > 0 && FRAME_LINE.test(lines[end - 1]) && lines[end - 1].includes('(node:')) {
+    end -= 1;
+  }
+  return lines.slice(0, end).join('\n');
 }
 
 function isOutOfMemory(err) {

@@ -24,6 +24,10 @@ Out of memory: a MemoryError escaping the handler or the import (what Python
 raises when RLIMIT_DATA refuses an allocation) is reported as status 434; the
 engine then recycles the instance.
 
+Stack traces (in the error reply and the log) start at the user's first
+frame: the shim's own frames, and the import machinery it calls, lead every
+traceback and are cut from it, as SCF shows no frame of its runtime.
+
 The shim exits as soon as the control socket reaches end of file: the engine
 is gone or wants it gone.
 
@@ -215,12 +219,27 @@ class _Runner:
 
 
 def _format_exception(exc):
-    """The traceback of `exc`, as Python prints it."""
+    """The traceback of `exc`, as Python prints it, from the user's first frame on."""
     try:
         import traceback
     except BaseException:  # no memory left to import it
         return "%s: %s\n" % (type(exc).__name__, exc)
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    tb = exc.__traceback__
+    while tb is not None and _is_plumbing(tb.tb_frame.f_code.co_filename):
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb))
+
+
+def _is_plumbing(filename):
+    """Whether a frame in `filename` belongs to the shim or to the import machinery it calls.
+
+    Such frames only ever lead a traceback (they are what called the user's code), so they are
+    cut from its top: the user sees the trace start at their own file, as on SCF."""
+    return (
+        filename == _format_exception.__code__.co_filename
+        or filename == importlib.__file__
+        or filename.startswith("<frozen importlib.")
+    )
 
 
 def _import_failure(exc):
@@ -236,7 +255,10 @@ def _import_failure(exc):
 
 
 def _refine_runtime_name():
-    os.environ["SCF_RUNTIME"] = "Python%d.%d" % sys.version_info[:2]
+    """The function's runtime as created (`Python3.10`) stays; the bare family name the
+    engine gives when it knows none becomes the host interpreter's version."""
+    if os.environ.get("SCF_RUNTIME", "Python3") == "Python3":
+        os.environ["SCF_RUNTIME"] = "Python%d.%d" % sys.version_info[:2]
 
 
 def _await_assignment(sock):

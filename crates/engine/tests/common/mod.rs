@@ -60,6 +60,7 @@ impl Fixture {
             version: "$LATEST".into(),
             revision: 1,
             runtime,
+            runtime_name: String::new(),
             handler: "index.main_handler".into(),
             code_dir: self.code.path().to_owned(),
             memory_mb: 128,
@@ -68,6 +69,7 @@ impl Fixture {
             environment: vec![("GREETING".into(), "hello".into())],
             region: "ap-guangzhou".into(),
             network: false,
+            reserved_concurrency_mb: None,
         }
     }
 }
