@@ -24,7 +24,8 @@
 //! (cutting and framing logs), `memory` (limits, watchdog, per-invocation peak), `runtime`
 //! (shims, environment, context), `runtime_api` (a custom runtime's HTTP API), `isolation`
 //! (uids, runtime paths and limits of each instance's sandbox), `sandbox` (spawning and
-//! killing; the only `unsafe`), `scf` (status codes and error objects).
+//! killing; no `unsafe`: the sandbox crate holds all of it), `scf` (status codes and error
+//! objects).
 //!
 //! Isolation: by default ([`Isolation::Sandbox`], see [`EngineConfig::sandbox`]) every instance
 //! runs in the sandbox of `nimbus-sandbox`: its own mount, PID, IPC, UTS and network
@@ -41,6 +42,7 @@
 //! - The sandbox needs root (see `nimbus-sandbox`); custom runtimes get the host's network
 //!   in it (see `isolation.rs`).
 
+#![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod config;

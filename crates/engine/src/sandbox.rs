@@ -152,35 +152,9 @@ fn command(
         .stderr(Stdio::from(log_for_stderr))
         .process_group(0)
         .kill_on_drop(true);
-    prepare_child(&mut command, Arc::clone(plan));
+    // The child dies with the spawner thread, and enters the sandbox before exec.
+    Plan::enter_before_exec_tied_to_spawner(plan, command.as_std_mut());
     Ok(command)
-}
-
-/// Makes the child ask for `SIGKILL` when the spawning thread dies, refuse to start if the
-/// engine already died before it could ask, and then enter its sandbox.
-#[expect(
-    unsafe_code,
-    reason = "pre_exec is unsafe; the hook only makes async-signal-safe system calls"
-)]
-fn prepare_child(command: &mut Command, plan: Arc<Plan>) {
-    // Everything the hook needs is computed here, before the fork.
-    let parent = nix::unistd::getpid();
-    let hook = move || -> io::Result<()> {
-        nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
-        if nix::unistd::getppid() != parent {
-            return Err(io::Error::from(Errno::ESRCH));
-        }
-        plan.enter()
-    };
-    // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
-    // functions may be called. It makes two raw system calls (`prctl(PR_SET_PDEATHSIG)` and
-    // `getppid`), compares a copied `Pid`, and calls `Plan::enter`, which is documented to
-    // make only async-signal-safe system calls on data the parent prepared in `Plan::new`; the
-    // closure owns an `Arc` to that plan, so it outlives the call. On failure it builds an
-    // `io::Error` from a raw errno, which does not allocate. It takes no locks.
-    unsafe {
-        command.pre_exec(hook);
-    }
 }
 
 /// Sends `SIGKILL` to the process group led by `pid`.

@@ -306,6 +306,38 @@ impl Plan {
         }
     }
 
+    /// Like [`Plan::enter_before_exec`], and the child is tied to the thread that spawns it:
+    /// it asks for `SIGKILL` when that thread dies (`PR_SET_PDEATHSIG`), and refuses to start
+    /// (`ESRCH`) if the spawning process is already gone by then.
+    #[expect(
+        unsafe_code,
+        reason = "pre_exec is unsafe; the hook only makes async-signal-safe system calls"
+    )]
+    pub fn enter_before_exec_tied_to_spawner(
+        plan: &Arc<Plan>,
+        command: &mut std::process::Command,
+    ) {
+        let plan = Arc::clone(plan);
+        // Computed here, before the fork.
+        let parent = nix::unistd::getpid();
+        let hook = move || -> io::Result<()> {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            plan.enter()
+        };
+        // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
+        // functions may be called. It makes two raw system calls (`prctl(PR_SET_PDEATHSIG)`
+        // and `getppid`), compares a copied pid, and calls `Plan::enter`, which makes only
+        // async-signal-safe system calls on data prepared in `Plan::new`; the closure owns a
+        // reference to the plan, so it outlives the call. On failure it builds an `io::Error`
+        // from a raw errno, which does not allocate. It takes no locks.
+        unsafe {
+            command.pre_exec(hook);
+        }
+    }
+
     /// Lowers the instance's memory limit to `memory_mb` (never raises it): for an instance
     /// started before its function was known, with the largest limit, and claimed by a function
     /// with a smaller one. Writes `memory.max` in limit mode.
