@@ -55,9 +55,15 @@ pub fn decide(
         ErrorClass::RunError => (doubling(FIRST_RUN_RETRY, run_errors), true),
         ErrorClass::Throttled => (doubling(FIRST_BACKOFF, attempts), false),
     };
-    let next_run_at = now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+    let mut next_run_at =
+        now_ms.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
     if next_run_at > deadline_ms {
-        return dead();
+        // A throttled event keeps trying for its whole time-to-live: its last attempt is at
+        // the deadline, not one back-off step before it.
+        if run_error || now_ms >= deadline_ms {
+            return dead();
+        }
+        next_run_at = deadline_ms;
     }
     AttemptFate::Retry {
         next_run_at,
@@ -150,8 +156,17 @@ mod tests {
             .collect();
         assert_eq!(&delays[..4], [1_000, 2_000, 4_000, 8_000]);
         assert_eq!(delays[13], 3_600_000, "capped at an hour");
-        assert!(matches!(
+        // The back-off step would pass the deadline: the last attempt is at the deadline.
+        assert_eq!(
             decide_at(ErrorClass::Throttled, 3, 0, 5_000),
+            AttemptFate::Retry {
+                next_run_at: 5_000,
+                run_error: false
+            }
+        );
+        // At (or past) the deadline, it gives up.
+        assert!(matches!(
+            decide_at(ErrorClass::Throttled, 4, 0, 1_000),
             AttemptFate::DeadLetter { .. }
         ));
     }
