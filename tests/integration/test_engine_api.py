@@ -81,6 +81,25 @@ def test_concurrency_limit_answers_432_at_once(server_factory, tmp_path):
     assert took < 1.5, f"the refused call waited {took:.2f} s"
 
 
+WHOAMI = """
+import os
+
+def main_handler(event, context):
+    return os.getuid()
+"""
+
+
+def test_functions_run_as_uids_of_the_configured_range(server_factory, tmp_path):
+    # Servers sharing a host give each a range of its own.
+    config = tmp_path / "nimbus.toml"
+    config.write_text("[engine]\nfirst_uid = 2100000000\nuid_count = 1000\n")
+    sdk = Api3.for_server(server_factory.start(extra_args=["--config", str(config)]))
+    name = unique_name("whoami")
+    create(sdk, name, py_zip(WHOAMI))
+    uid = json.loads(sdk.invoke(name, {})["RetMsg"])
+    assert 2_100_000_000 <= uid < 2_100_001_000, uid
+
+
 def test_idle_instances_expire_after_the_keep_alive(server_factory, tmp_path):
     config = tmp_path / "nimbus.toml"
     config.write_text("[engine]\nkeep_alive_secs = 1\n")

@@ -144,6 +144,10 @@ pub struct FileEngine {
     pub python_spares: Option<u32>,
     /// Node.js interpreters (for 128 MB functions) kept started ahead of need; 0: off.
     pub node_spares: Option<u32>,
+    /// First uid (and gid) functions run as; servers sharing a host need ranges of their own.
+    pub first_uid: Option<u32>,
+    /// How many uids from `first_uid` on functions may run as.
+    pub uid_count: Option<u32>,
 }
 
 /// The resolved configuration of `nimbus serve`.
@@ -184,6 +188,10 @@ pub struct ServeConfig {
     pub python_spares: u32,
     /// Node.js interpreters kept started ahead of need.
     pub node_spares: u32,
+    /// First uid functions run as.
+    pub first_uid: u32,
+    /// Uids from `first_uid` on that functions may run as.
+    pub uid_count: u32,
 }
 
 /// Reads the TOML file.
@@ -254,6 +262,20 @@ pub fn resolve(
     if tmp_mb == 0 {
         bail!("engine.tmp_mb must be at least 1");
     }
+    let first_uid = file
+        .engine
+        .first_uid
+        .unwrap_or(nimbus_engine::DEFAULT_FIRST_ID);
+    let uid_count = file
+        .engine
+        .uid_count
+        .unwrap_or(nimbus_engine::DEFAULT_ID_COUNT);
+    if first_uid < 1000 || uid_count == 0 || first_uid.checked_add(uid_count).is_none() {
+        bail!(
+            "engine.first_uid must be at least 1000 (clear of system users) and \
+             engine.first_uid + engine.uid_count must fit in 32 bits, with uid_count at least 1"
+        );
+    }
     if queue_workers == 0 || queue_max_pending_per_function == 0 || queue_max_pending == 0 {
         bail!(
             "queue.workers, queue.max_pending_per_function and queue.max_pending must be at least 1"
@@ -293,6 +315,8 @@ pub fn resolve(
         tmp_mb,
         python_spares: file.engine.python_spares.unwrap_or(Defaults::PYTHON_SPARES),
         node_spares: file.engine.node_spares.unwrap_or(Defaults::NODE_SPARES),
+        first_uid,
+        uid_count,
     })
 }
 
@@ -333,6 +357,37 @@ mod tests {
             (IsolationMode::Sandbox, 64)
         );
         assert_eq!((config.python_spares, config.node_spares), (2, 1));
+        assert_eq!(
+            (config.first_uid, config.uid_count),
+            (
+                nimbus_engine::DEFAULT_FIRST_ID,
+                nimbus_engine::DEFAULT_ID_COUNT
+            )
+        );
+    }
+
+    #[test]
+    fn a_uid_range_of_its_own_is_checked() {
+        let file: FileConfig = toml::from_str(
+            "[engine]
+first_uid = 3000000000
+uid_count = 500
+",
+        )
+        .expect("valid toml");
+        let config = resolve(None, None, None, file, (None, None)).expect("valid");
+        assert_eq!((config.first_uid, config.uid_count), (3_000_000_000, 500));
+        for bad in [
+            "[engine]\nfirst_uid = 0\n",
+            "[engine]\nuid_count = 0\n",
+            "[engine]\nfirst_uid = 4294967000\nuid_count = 1000\n",
+        ] {
+            let file: FileConfig = toml::from_str(bad).expect("valid toml");
+            assert!(
+                resolve(None, None, None, file, (None, None)).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

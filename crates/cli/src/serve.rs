@@ -58,6 +58,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.memory_budget_mb = config.memory_budget_mb;
     engine_config.sandbox.isolation = config.isolation.into();
     engine_config.tmp_bytes = config.tmp_mb.saturating_mul(1024 * 1024);
+    engine_config.sandbox.first_id = config.first_uid;
+    engine_config.sandbox.id_count = config.uid_count;
     engine_config.python_spares = config.python_spares;
     engine_config.node_spares = config.node_spares;
     let mut runtimes = vec![RuntimeFamily::Python3];

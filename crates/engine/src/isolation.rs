@@ -40,7 +40,7 @@
 //!   ended by itself before the invocation did is not reported (it was contained all the same).
 //! - Servers on one host that share a uid range may give two functions the same uid; those
 //!   stay apart (namespaces, private roots) but share `RLIMIT_NPROC`. Give each server a range
-//!   of its own (`SandboxConfig::first_id`; not exposed by `nimbus serve` yet).
+//!   of its own (`SandboxConfig::first_id`, `[engine] first_uid` of `nimbus serve`).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
