@@ -269,6 +269,9 @@ def test_missing_parameter(sdk):
     assert_code_startswith(sdk_code(sdk.error("CreateFunction", **params)), "MissingParameter")
     assert_code_startswith(sdk_code(sdk.error("Invoke")), "MissingParameter")
     assert_code_startswith(sdk_code(sdk.error("GetFunction")), "MissingParameter")
+    no_code = create_params(unique_name("nocode"))
+    del no_code["Code"]
+    assert sdk_code(sdk.error("CreateFunction", **no_code)) == "MissingParameter.Code"
 
 
 def test_unknown_parameter(sdk, rawapi, echo):
@@ -385,6 +388,15 @@ def test_function_in_unknown_namespace(sdk):
     exc = sdk.error("CreateFunction", **create_params(unique_name("nsfn"),
                                                      Namespace=unique_name("nons")))
     assert sdk_code(exc) == "ResourceNotFound.Namespace"
+
+
+def test_listing_an_unknown_namespace(sdk):
+    exc = sdk.error("ListFunctions", Namespace=unique_name("nons"))
+    assert sdk_code(exc) == "ResourceNotFound.Namespace"
+    # An existing namespace without functions lists none.
+    ns = unique_name("empty")
+    sdk.call("CreateNamespace", Namespace=ns)
+    assert sdk.call("ListFunctions", Namespace=ns)["TotalCount"] == 0
 
 
 def test_create_namespace_twice(sdk):

@@ -102,6 +102,10 @@ impl ApiError {
     /// The API 3.0 code string (also the legacy `codeDesc`).
     pub fn code(&self) -> &'static str {
         match self {
+            // SCF names the missing code package; other parameters have no sub-code.
+            ApiError::MissingParameter(name) if name.eq_ignore_ascii_case("code") => {
+                "MissingParameter.Code"
+            }
             ApiError::MissingParameter(_) => "MissingParameter",
             ApiError::InvalidParameter { code, .. } => code,
             ApiError::RequestTooLarge(_) => "InvalidParameter.RequestTooLarge",

@@ -233,12 +233,26 @@ impl Platform {
     /// Lists functions.
     ///
     /// # Errors
+    /// `NamespaceNotFound` (an empty list is checked: the namespace may not exist), or
     /// `Internal`.
     pub async fn list_functions(
         &self,
         query: FunctionQuery,
     ) -> Result<(u64, Vec<FunctionRecord>), ApiError> {
-        Ok(self.control.list_functions(query).await?)
+        let namespace = query.namespace.clone();
+        let (total, records) = self.control.list_functions(query).await?;
+        if total == 0 {
+            let exists = self
+                .control
+                .store()
+                .get_namespace(&namespace)
+                .await
+                .map_err(|e| internal(&e))?;
+            if exists.is_none() {
+                return Err(ApiError::NamespaceNotFound(namespace));
+            }
+        }
+        Ok((total, records))
     }
 
     /// Lists a function's invocation records.
