@@ -307,16 +307,7 @@ impl Control {
             rules::check_msg_ttl(msg_ttl)?;
             next.async_msg_ttl = msg_ttl;
         }
-        next.revision = current.revision + 1;
-        next.mod_time = nimbus_store::now_ms();
-        if !self
-            .store
-            .update_function(next.clone(), current.revision)
-            .await?
-        {
-            return Err(ControlError::Conflict(function_name.to_owned()));
-        }
-        Ok(next)
+        self.replace_settings(&current, next).await
     }
 
     /// Sets (or, with `None`, removes) the memory reserved for a function's live instances,
@@ -333,16 +324,27 @@ impl Control {
         let current = self.get_function(namespace, function_name).await?;
         let mut next = current.clone();
         next.reserved_concurrency_mb = reserved_mb;
+        self.replace_settings(&current, next).await
+    }
+
+    /// Stores `next`, settings of `current` changed (not its code), as the next revision;
+    /// `Conflict` if the function changed meanwhile.
+    async fn replace_settings(
+        &self,
+        current: &FunctionRecord,
+        mut next: FunctionRecord,
+    ) -> Result<FunctionRecord, ControlError> {
         next.revision = current.revision + 1;
         next.mod_time = nimbus_store::now_ms();
-        if !self
+        if self
             .store
             .update_function(next.clone(), current.revision)
             .await?
         {
-            return Err(ControlError::Conflict(function_name.to_owned()));
+            Ok(next)
+        } else {
+            Err(ControlError::Conflict(current.function_name.clone()))
         }
-        Ok(next)
     }
 
     /// Reads a function.
