@@ -26,32 +26,28 @@ def test_reserved_concurrency_caps_the_function_and_can_be_removed(sdk):
     listed = sdk.call("ListFunctions", SearchKey=name)["Functions"]
     assert [f["ReservedConcurrencyMem"] for f in listed] == [128], listed
 
-    # One 128 MB instance: while it sleeps, the next call is refused at once.
-    sleeping = threading.Thread(target=sdk.invoke, args=(name, {"sleep": 2}))
-    sleeping.start()
-    try:
-        refused = None
-        for _ in range(50):
-            result = sdk.invoke(name, {})
-            if result["InvokeResult"] == 432:
-                refused = result
-                break
-        assert refused is not None, "a second instance ran past the reservation"
-        assert "concurrency exceeded reserved quota 128 MB" in refused["ErrMsg"], refused
-    finally:
-        sleeping.join()
+    # One 128 MB instance: of two calls at once, one runs and the other is refused at once.
+    assert sorted(r["InvokeResult"] for r in side_by_side(sdk, name, 2)) == [0, 432]
+    refused = [r for r in side_by_side(sdk, name, 2) if r["InvokeResult"] == 432]
+    assert len(refused) == 1
+    assert "concurrency exceeded reserved quota 128 MB" in refused[0]["ErrMsg"], refused
 
     # Without a reservation the node default applies again: two calls run side by side.
     sdk.call("DeleteReservedConcurrencyConfig", FunctionName=name)
     assert sdk.call("GetReservedConcurrencyConfig", FunctionName=name)["ReservedMem"] is None
+    assert [r["InvokeResult"] for r in side_by_side(sdk, name, 2)] == [0, 0]
+
+
+def side_by_side(sdk, name, count):
+    """`count` calls that each sleep a second, started together; their results."""
     results = []
     calls = [threading.Thread(target=lambda: results.append(sdk.invoke(name, {"sleep": 1})))
-             for _ in range(2)]
+             for _ in range(count)]
     for call in calls:
         call.start()
     for call in calls:
         call.join()
-    assert [r["InvokeResult"] for r in results] == [0, 0], results
+    return results
 
 
 def test_zero_reserved_stops_every_invocation(sdk):

@@ -410,7 +410,12 @@ impl Instance {
         }
         match self.watchdog.sample() {
             Sample::Within(pause) => {
-                self.idle_sample_at = Some(now + pause);
+                // Once those processes are gone, the runtime alone cannot pass its limit.
+                let still = self
+                    .sandbox
+                    .as_ref()
+                    .is_some_and(|sandbox| sandbox.runs_more_than_the_runtime(self.group));
+                self.idle_sample_at = still.then_some(now + pause);
                 Some(false)
             }
             Sample::Exceeded { resident_bytes } => {

@@ -469,7 +469,6 @@ fn threads_of(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// The lines of a kernel file read from its start through an open descriptor.
 /// The `max` count of an open `pids.events`: the forks `pids.max` refused.
 fn refused_forks(file: &std::fs::File) -> Option<u64> {
     use std::os::unix::fs::FileExt;
@@ -482,6 +481,7 @@ fn refused_forks(file: &std::fs::File) -> Option<u64> {
         .and_then(|count| count.trim().parse().ok())
 }
 
+/// The lines of a kernel file read from its start through an open descriptor.
 fn count_lines(file: &std::fs::File) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let mut chunk = [0_u8; 4096];
