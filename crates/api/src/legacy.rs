@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::Response;
 use nimbus_control::{FunctionSettings, Limits};
@@ -36,8 +37,12 @@ pub async fn handle(
     method: Method,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match crate::request_body(body) {
+        Ok(body) => body,
+        Err(error) => return envelope(Err(error)),
+    };
     let raw = if method == Method::POST {
         body.to_vec()
     } else {
@@ -77,7 +82,7 @@ pub async fn handle(
     .await
 }
 
-pub(crate) fn envelope(result: Result<Map<String, Value>, ApiError>) -> Response {
+fn envelope(result: Result<Map<String, Value>, ApiError>) -> Response {
     let body = match result {
         Ok(mut fields) => {
             let mut body = Map::new();

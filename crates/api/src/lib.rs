@@ -11,9 +11,10 @@
 //!
 //! Both dialects are views of the same functions, namespaces and invocation records.
 //!
-//! Every answer on a dialect's path is HTTP 200 with that dialect's JSON envelope, even a
-//! refusal that happens before the dialect's handler runs (a body over [`MAX_BODY_BYTES`]):
-//! the SDKs read any other status as a transport failure.
+//! Every answer on a dialect's path is HTTP 200 with that dialect's JSON envelope, even for a
+//! body that could not be read (over [`MAX_BODY_BYTES`], say): the handlers take the body
+//! extractor's rejection and answer it in their dialect, since the SDKs read any other status
+//! as a transport failure.
 
 pub mod api3;
 pub mod auth;
@@ -26,9 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request};
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -55,30 +57,24 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route(legacy::PATH, get(legacy::handle).post(legacy::handle))
         .route(api3::PATH, get(api3::handle).post(api3::handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(answer_oversized_body_in_dialect))
         .with_state(state)
 }
 
-/// Turns the body extractor's bare `413 Payload Too Large` (text, sent before any handler
-/// runs) into a `RequestTooLarge` error in the envelope of the path's dialect.
-async fn answer_oversized_body_in_dialect(request: Request, next: Next) -> Response {
-    let on_legacy_path = match request.uri().path() {
-        legacy::PATH => true,
-        api3::PATH => false,
-        _ => return next.run(request).await,
-    };
-    let response = next.run(request).await;
-    if response.status() != StatusCode::PAYLOAD_TOO_LARGE {
-        return response;
-    }
-    let error = ApiError::RequestTooLarge(format!(
-        "the request body is over {MAX_BODY_BYTES} bytes, the most this server accepts"
-    ));
-    if on_legacy_path {
-        legacy::envelope(Err(error))
-    } else {
-        api3::envelope(Err(error), &platform::new_request_id())
-    }
+/// The request body, or the error a dialect answers with when it could not be read: too
+/// large (over [`MAX_BODY_BYTES`]), or cut off.
+pub(crate) fn request_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::RequestTooLarge(format!(
+                "the request body is over {MAX_BODY_BYTES} bytes, the most this server accepts"
+            ))
+        } else {
+            ApiError::invalid(
+                "InvalidParameter",
+                format!("the request body could not be read: {rejection}"),
+            )
+        }
+    })
 }
 
 async fn healthz() -> &'static str {

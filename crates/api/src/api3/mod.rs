@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, Method, Uri};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
@@ -54,9 +55,13 @@ pub async fn handle(
     method: Method,
     headers: HeaderMap,
     uri: Uri,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let request_id = crate::platform::new_request_id();
+    let body = match crate::request_body(body) {
+        Ok(body) => body,
+        Err(error) => return envelope(Err(error), &request_id),
+    };
     let header_list: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
@@ -83,7 +88,7 @@ pub async fn handle(
     envelope(result, &request_id)
 }
 
-pub(crate) fn envelope(result: Result<Map<String, Value>, ApiError>, request_id: &str) -> Response {
+fn envelope(result: Result<Map<String, Value>, ApiError>, request_id: &str) -> Response {
     let mut response = match result {
         Ok(fields) => fields,
         Err(error) => {
