@@ -138,6 +138,17 @@ impl EngineConfig {
                 reason: "tmp_bytes must be at least 1 MiB",
             });
         }
+        let ids = &self.sandbox;
+        if ids.first_id < 1000
+            || ids.id_count == 0
+            || ids.first_id.checked_add(ids.id_count).is_none()
+        {
+            return Err(EngineError::InvalidConfig {
+                reason: "the uid range (sandbox first_id and id_count; [engine] first_uid and \
+                         uid_count of nimbus serve) must start at 1000 or above, clear of \
+                         system users, hold at least one uid and end within 32 bits",
+            });
+        }
         if self.max_processes == 0 || self.max_open_files < 16 {
             return Err(EngineError::InvalidConfig {
                 reason: "max_processes must be at least 1 and max_open_files at least 16",
@@ -262,6 +273,26 @@ mod tests {
         let mut config = EngineConfig::new("/usr/bin/python3", "/tmp/rt");
         config.max_processes = 0;
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn rejects_a_uid_range_among_system_users_or_past_32_bits() {
+        for (first_id, id_count) in [
+            (0, 100),
+            (999, 100),
+            (2_000_000_000, 0),
+            (u32::MAX - 10, 20),
+        ] {
+            let mut config = EngineConfig::new("/usr/bin/python3", "/tmp/rt");
+            (config.sandbox.first_id, config.sandbox.id_count) = (first_id, id_count);
+            assert!(
+                matches!(config.validate(), Err(EngineError::InvalidConfig { .. })),
+                "{first_id} + {id_count}"
+            );
+        }
+        let mut config = EngineConfig::new("/usr/bin/python3", "/tmp/rt");
+        (config.sandbox.first_id, config.sandbox.id_count) = (3_000_000_000, 500);
+        assert!(config.validate().is_ok());
     }
 
     #[test]
