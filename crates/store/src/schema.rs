@@ -2,9 +2,6 @@
 
 use rusqlite::Connection;
 
-/// Current schema version, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 6;
-
 const SCHEMA_V1: &str = "
 CREATE TABLE IF NOT EXISTS functions (
     namespace      TEXT    NOT NULL,
@@ -123,6 +120,12 @@ const SCHEMA_V6: &str = "
 ALTER TABLE functions ADD COLUMN reserved_concurrency_mb INTEGER;
 ";
 
+/// The schema's steps, in order: version `n` is the first `n` of them, and `PRAGMA
+/// user_version` says how many a database has.
+const MIGRATIONS: [&str; 6] = [
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
+
 /// Applies connection settings and creates or upgrades the schema.
 pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     // WAL lets readers proceed while a write commits; NORMAL sync in WAL mode loses nothing on
@@ -136,39 +139,55 @@ pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
 
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if version < 1 {
-        conn.execute_batch(SCHEMA_V1)?;
-        conn.pragma_update(None, "user_version", 1)?;
-    }
-    if version < 2 {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA_V2)?;
-        tx.pragma_update(None, "user_version", 2)?;
-        tx.commit()?;
-    }
-    if version < 3 {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA_V3)?;
-        tx.pragma_update(None, "user_version", 3)?;
-        tx.commit()?;
-    }
-    if version < 4 {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA_V4)?;
-        tx.pragma_update(None, "user_version", 4)?;
-        tx.commit()?;
-    }
-    if version < 5 {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA_V5)?;
-        tx.pragma_update(None, "user_version", 5)?;
-        tx.commit()?;
-    }
-    if version < 6 {
-        let tx = conn.unchecked_transaction()?;
-        tx.execute_batch(SCHEMA_V6)?;
-        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        tx.commit()?;
+    // Each step and its version number commit together: a crash leaves a whole step or none.
+    for (to, step) in (1..).zip(MIGRATIONS) {
+        if version < to {
+            let tx = conn.unchecked_transaction()?;
+            tx.execute_batch(step)?;
+            tx.pragma_update(None, "user_version", to)?;
+            tx.commit()?;
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_of_an_older_version_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = Connection::open(dir.path().join("old.db")).expect("open");
+        // A database as version 5 left it, with one function.
+        for step in &MIGRATIONS[..5] {
+            conn.execute_batch(step).expect("old step");
+        }
+        conn.pragma_update(None, "user_version", 5)
+            .expect("version");
+        conn.execute(
+            "INSERT INTO functions (namespace, function_name, handler, runtime, description, \
+             memory_size, timeout, environment, code_sha256, code_size, revision, add_time, \
+             mod_time) VALUES ('default', 'f', 'index.main_handler', 'Python3.9', '', 128, 3, \
+             '[]', 'abc', 1, 1, 0, 0)",
+            [],
+        )
+        .expect("insert");
+
+        prepare(&conn).expect("upgrade");
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .expect("version");
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).expect("small"));
+        let (init_timeout, reserved): (u32, Option<u32>) = conn
+            .query_row(
+                "SELECT init_timeout, reserved_concurrency_mb FROM functions",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .expect("the row is still there");
+        assert_eq!((init_timeout, reserved), (65, None));
+        // Preparing again changes nothing.
+        prepare(&conn).expect("prepare again");
+    }
 }
