@@ -463,9 +463,9 @@ impl Platform {
             .await?)
     }
 
-    /// Reserves `reserved_mb` of the node's memory budget for a function's live instances, which
-    /// also caps them at `reserved_mb / MemorySize` (SCF's `PutReservedConcurrencyConfig`);
-    /// `None` removes the reservation. Reservations together may not pass the budget.
+    /// Sets (or, with `None`, removes) a function's `ReservedConcurrencyMem`, which caps its
+    /// live instances at `reserved_mb / MemorySize` (SCF's `PutReservedConcurrencyConfig`);
+    /// reservations together may not pass the node's memory budget.
     ///
     /// # Errors
     /// `InvalidParameter` (`FailedOperation.ReservedExceedTotal`), `FunctionNotFound` or
@@ -476,29 +476,9 @@ impl Platform {
         name: &str,
         reserved_mb: Option<u32>,
     ) -> Result<FunctionRecord, ApiError> {
-        if let Some(reserved) = reserved_mb {
-            self.control.get_function(namespace, name).await?;
-            let others = self
-                .control
-                .store()
-                .reserved_concurrency_mb(namespace, name)
-                .await
-                .map_err(|e| internal(&e))?;
-            let room = self.limits.memory_budget_mb.saturating_sub(others);
-            if u64::from(reserved) > room {
-                return Err(ApiError::invalid(
-                    "FailedOperation.ReservedExceedTotal",
-                    format!(
-                        "ReservedConcurrencyMem {reserved} MB is more than the {room} MB of the \
-                         node's memory budget ({} MB) not reserved by other functions",
-                        self.limits.memory_budget_mb
-                    ),
-                ));
-            }
-        }
         Ok(self
             .control
-            .set_reserved_concurrency(namespace, name, reserved_mb)
+            .set_reserved_concurrency(namespace, name, reserved_mb, self.limits.memory_budget_mb)
             .await?)
     }
 

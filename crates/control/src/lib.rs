@@ -310,18 +310,38 @@ impl Control {
         self.replace_settings(&current, next).await
     }
 
-    /// Sets (or, with `None`, removes) the memory reserved for a function's live instances,
-    /// MB (SCF's `ReservedConcurrencyMem`). The caller checks it against the node's total.
+    /// Sets (or, with `None`, removes) SCF's `ReservedConcurrencyMem` of a function, MB: its
+    /// live instances are capped at that over its memory size. Reservations together may not
+    /// pass `budget_mb`, the node's memory budget.
     ///
     /// # Errors
-    /// `FunctionNotFound`, `Conflict` when the function changed meanwhile, or `Store`.
+    /// `FunctionNotFound`, `Invalid` (`FailedOperation.ReservedExceedTotal`), `Conflict` when
+    /// the function changed meanwhile, or `Store`.
     pub async fn set_reserved_concurrency(
         &self,
         namespace: &str,
         function_name: &str,
         reserved_mb: Option<u32>,
+        budget_mb: u64,
     ) -> Result<FunctionRecord, ControlError> {
         let current = self.get_function(namespace, function_name).await?;
+        if let Some(reserved) = reserved_mb {
+            let others = self
+                .store
+                .reserved_concurrency_mb(namespace, function_name)
+                .await?;
+            let room = budget_mb.saturating_sub(others);
+            if u64::from(reserved) > room {
+                return Err(ControlError::Invalid {
+                    code: "FailedOperation.ReservedExceedTotal",
+                    message: format!(
+                        "ReservedConcurrencyMem {reserved} MB is more than the {room} MB of the \
+                         node's memory budget ({budget_mb} MB) that other functions have not \
+                         reserved"
+                    ),
+                });
+            }
+        }
         let mut next = current.clone();
         next.reserved_concurrency_mb = reserved_mb;
         self.replace_settings(&current, next).await

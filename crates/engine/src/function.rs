@@ -93,9 +93,10 @@ pub struct FunctionSpec {
     /// network namespace of its own with only a loopback interface. Ignored with
     /// `Isolation::None`.
     pub network: bool,
-    /// Memory reserved for the function's live instances, MB (SCF's `ReservedConcurrencyMem`):
-    /// at most `reserved / memory_mb` instances, 0 refusing every invocation. `None`: the
-    /// node-wide [`crate::EngineConfig::default_concurrency`].
+    /// SCF's `ReservedConcurrencyMem`, MB: at most `reserved / memory_mb` live instances, 0
+    /// refusing every invocation. `None`: the node-wide
+    /// [`crate::EngineConfig::default_concurrency`]. It caps; it does not hold memory back from
+    /// other functions.
     pub reserved_concurrency_mb: Option<u32>,
 }
 

@@ -45,8 +45,8 @@ pub struct FunctionRecord {
     pub public_net: bool,
     /// Longest start-up of an instance, seconds (SCF's `InitTimeout`).
     pub init_timeout: u32,
-    /// Memory reserved for (and capping) the function's live instances, MB (SCF's
-    /// `ReservedConcurrencyMem`); `None` leaves it to the node-wide default.
+    /// SCF's `ReservedConcurrencyMem`, MB: the function's live instances are capped at it over
+    /// `memory_size`; `None` leaves them to the node-wide default.
     pub reserved_concurrency_mb: Option<u32>,
 }
 
