@@ -41,7 +41,9 @@ interpreter's site-packages runs (some import whole packages at every start);
 the shim puts those directories on sys.path itself, after the standard
 library as site would, and defines exit() and quit(). It reads and writes the
 control socket with os.read/os.write rather than importing socket, and
-imports traceback after the first reply (or when something fails first).
+imports traceback after the first reply (or when something fails first); a
+spare imports it while it waits, so that a claimed spare's first reply is not
+followed by milliseconds of importing that compete with the engine reading it.
 """
 
 import importlib
@@ -267,6 +269,7 @@ def _await_assignment(sock):
     mounted the function's code; the shim lowers its limits to the function's, takes the
     function's environment and goes on as if it had just started for that function."""
     import resource
+    import traceback  # noqa: F401  (what main imports after the first reply, paid for here)
 
     # The interpreter's first compile costs a millisecond or two of one-time set-up: pay it
     # now rather than when the handler module is imported.
