@@ -207,23 +207,29 @@ impl Store {
             let tx = conn.transaction()?;
             let mut picked: Vec<String> = Vec::new();
             {
-                // Candidates in due order; a few times the limit, so that functions with no
-                // room left do not hide the others.
-                let mut statement = tx.prepare(
+                // Candidates: expired leases first (their events are the oldest), then queued
+                // events in due order; a few times the limit, so that functions with no room
+                // left do not hide the others. Each query walks `async_events_due` from its
+                // start, so a lease costs the same with a backlog of millions as with none.
+                let window = i64::from(limit) * 8 + 64;
+                let mut candidates = Vec::new();
+                for query in [
                     "SELECT request_id, namespace, function_name FROM async_events \
-                     WHERE (state = 'queued' AND next_run_at <= ?1) \
-                        OR (state = 'leased' AND lease_until < ?1) \
-                     ORDER BY next_run_at, accepted_time LIMIT ?2",
-                )?;
-                let candidates = statement
-                    .query_map(params![now, i64::from(limit) * 8 + 64], |row| {
+                     WHERE state = 'leased' AND lease_until < ?1 LIMIT ?2",
+                    "SELECT request_id, namespace, function_name FROM async_events \
+                     WHERE state = 'queued' AND next_run_at <= ?1 \
+                     ORDER BY next_run_at, rowid LIMIT ?2",
+                ] {
+                    let mut statement = tx.prepare_cached(query)?;
+                    let rows = statement.query_map(params![now, window], |row| {
                         Ok((
                             row.get::<_, String>(0)?,
                             row.get::<_, String>(1)?,
                             row.get::<_, String>(2)?,
                         ))
-                    })?
-                    .collect::<rusqlite::Result<Vec<_>>>()?;
+                    })?;
+                    candidates.extend(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+                }
                 let mut taken: std::collections::HashMap<(String, String), u32> =
                     Default::default();
                 for (request_id, namespace, name) in candidates {
@@ -263,12 +269,15 @@ impl Store {
     /// [`StoreError::Sql`].
     pub async fn next_due_time(&self) -> Result<Option<i64>, StoreError> {
         self.with(|conn| {
-            let due: Option<i64> = conn.query_row(
-                "SELECT MIN(CASE state WHEN 'queued' THEN next_run_at ELSE lease_until END) \
-                 FROM async_events",
-                [],
-                |row| row.get(0),
-            )?;
+            // Two index lookups rather than one scan of every pending event.
+            let due: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT MIN(due) FROM ( \
+                       SELECT MIN(next_run_at) AS due FROM async_events WHERE state = 'queued' \
+                       UNION ALL \
+                       SELECT MIN(lease_until) FROM async_events WHERE state = 'leased')",
+                )?
+                .query_row([], |row| row.get(0))?;
             Ok(due)
         })
         .await
