@@ -106,6 +106,9 @@ pub struct Control {
     /// Serialises package writes and removals, so that removing an unused package cannot race
     /// with a new function starting to use it.
     code_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises reserved-concurrency changes, so that two functions' reservations cannot
+    /// both pass the budget check against the same sum.
+    reservation_lock: Arc<tokio::sync::Mutex<()>>,
     /// Runtime families whose interpreter this node has.
     available: Arc<[RuntimeFamily]>,
 }
@@ -117,6 +120,7 @@ impl Control {
             store,
             code,
             code_lock: Arc::new(tokio::sync::Mutex::new(())),
+            reservation_lock: Arc::new(tokio::sync::Mutex::new(())),
             available: available.into(),
         }
     }
@@ -324,6 +328,8 @@ impl Control {
         reserved_mb: Option<u32>,
         budget_mb: u64,
     ) -> Result<FunctionRecord, ControlError> {
+        // Held from the sum of the others' reservations to the write of this one.
+        let _reserving = self.reservation_lock.lock().await;
         let current = self.get_function(namespace, function_name).await?;
         if let Some(reserved) = reserved_mb {
             let others = self
@@ -561,3 +567,6 @@ impl Control {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests;
