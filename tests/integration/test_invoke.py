@@ -310,6 +310,23 @@ def test_handler_can_import_sibling_modules(api):
     assert json.loads(data["retMsg"]) == "from-helper"
 
 
+def test_python_packages_are_compiled_when_stored(api):
+    """Instances see their code read-only and cannot write __pycache__: the server compiles
+    the package when it is stored, and instances import that bytecode. A module that does not
+    compile is left out, and the function is created all the same."""
+    name = unique_name()
+    source = (
+        "import os, helper\n\n"
+        "def main_handler(event, context):\n"
+        "    return {'cached': helper.__cached__, 'exists': os.path.exists(helper.__cached__)}\n"
+    )
+    code = py_zip(source, extra={"helper.py": "VALUE = 1\n", "broken.py": "def f(:\n"})
+    assert_ok(api.create(name, code))
+    result = json.loads(invoke_data(api.invoke(name, {}))["retMsg"])
+    assert result["cached"].startswith("/var/user/__pycache__/helper."), result
+    assert result["exists"] is True, result
+
+
 # --------------------------------------------------------------------------------------------
 # Asynchronous invocation
 # --------------------------------------------------------------------------------------------

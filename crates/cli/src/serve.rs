@@ -88,7 +88,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         concurrency: config.concurrency,
         memory_budget_mb: config.memory_budget_mb,
     };
-    let control = Control::new(store.clone(), code, &runtimes);
+    let control = Control::new(store.clone(), code, &runtimes).with_python_compiler(python.clone());
     let runner = AsyncRunner::new(control.clone(), Arc::clone(&engine), config.region.clone());
     let queue_config = QueueConfig {
         // Async attempts may take at most half of a function's instances, so synchronous

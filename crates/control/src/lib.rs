@@ -15,6 +15,7 @@
 //! Namespaces must exist before a function is created in them; `default` always exists and
 //! cannot be deleted, and a namespace with functions cannot be deleted either.
 
+mod bytecode;
 pub mod code;
 pub mod rules;
 
@@ -111,6 +112,9 @@ pub struct Control {
     reservation_lock: Arc<tokio::sync::Mutex<()>>,
     /// Runtime families whose interpreter this node has.
     available: Arc<[RuntimeFamily]>,
+    /// The interpreter Python instances run, which compiles Python packages when they are
+    /// stored (see `bytecode.rs`); `None` leaves compiling to each instance.
+    python: Option<Arc<std::path::Path>>,
 }
 
 impl Control {
@@ -122,7 +126,16 @@ impl Control {
             code_lock: Arc::new(tokio::sync::Mutex::new(())),
             reservation_lock: Arc::new(tokio::sync::Mutex::new(())),
             available: available.into(),
+            python: None,
         }
+    }
+
+    /// Compiles Python functions' packages with `python` when they are stored, so that
+    /// instances import bytecode rather than compile every module at each cold start.
+    #[must_use]
+    pub fn with_python_compiler(mut self, python: PathBuf) -> Control {
+        self.python = Some(python.into());
+        self
     }
 
     /// The store behind this service.
@@ -183,6 +196,7 @@ impl Control {
         let (code_sha256, code_size) = self
             .store_package(code, handler_file, family, limits.max_code_bytes)
             .await?;
+        self.compile_package(&code_sha256, family).await;
         let now = nimbus_store::now_ms();
         let record = FunctionRecord {
             namespace: namespace.to_owned(),
@@ -270,6 +284,7 @@ impl Control {
                 (next.code_sha256, next.code_size) = self
                     .store_package(code, handler_file, family, limits.max_code_bytes)
                     .await?;
+                self.compile_package(&next.code_sha256, family).await;
             }
             None => self.check_stored_handler(&current.code_sha256, &handler_file, family)?,
         }
@@ -532,6 +547,14 @@ impl Control {
         })
         .await
         .map_err(|_| ControlError::Io(std::io::Error::other("package task failed")))?
+    }
+
+    /// Compiles a stored Python package (again: compiling is idempotent, and a package
+    /// first stored for another runtime has no bytecode yet).
+    async fn compile_package(&self, sha256: &str, family: RuntimeFamily) {
+        if let (Some(python), RuntimeFamily::Python3) = (&self.python, family) {
+            bytecode::compile_python_package(python, self.code.code_dir(sha256)).await;
+        }
     }
 
     fn check_stored_handler(
