@@ -192,11 +192,10 @@ impl Control {
             return Err(ControlError::FunctionExists(function_name.to_owned()));
         }
 
-        let _guard = self.code_lock.lock().await;
+        let guard = self.code_lock.lock().await;
         let (code_sha256, code_size) = self
             .store_package(code, handler_file, family, limits.max_code_bytes)
             .await?;
-        self.compile_package(&code_sha256, family).await;
         let now = nimbus_store::now_ms();
         let record = FunctionRecord {
             namespace: namespace.to_owned(),
@@ -230,6 +229,10 @@ impl Control {
                 });
             }
         }
+        // Outside the lock: compiling a large package takes seconds, and other deploys need
+        // not wait for it.
+        drop(guard);
+        self.compile_package(&record.code_sha256, family).await;
         Ok(record)
     }
 
@@ -278,13 +281,13 @@ impl Control {
             next.init_timeout = init_timeout;
         }
 
-        let _guard = self.code_lock.lock().await;
+        let guard = self.code_lock.lock().await;
+        let compile = settings.code.is_some() || next.runtime != current.runtime;
         match settings.code {
             Some(code) => {
                 (next.code_sha256, next.code_size) = self
                     .store_package(code, handler_file, family, limits.max_code_bytes)
                     .await?;
-                self.compile_package(&next.code_sha256, family).await;
             }
             None => self.check_stored_handler(&current.code_sha256, &handler_file, family)?,
         }
@@ -300,6 +303,10 @@ impl Control {
         }
         if next.code_sha256 != current.code_sha256 {
             self.remove_if_unused(&current.code_sha256).await?;
+        }
+        drop(guard);
+        if compile {
+            self.compile_package(&next.code_sha256, family).await;
         }
         Ok(next)
     }
@@ -550,7 +557,9 @@ impl Control {
     }
 
     /// Compiles a stored Python package (again: compiling is idempotent, and a package
-    /// first stored for another runtime has no bytecode yet).
+    /// first stored for another runtime has no bytecode yet). The function can already be
+    /// invoked meanwhile: its modules then compile at import, and the compiler's files appear
+    /// whole (each is written aside and renamed).
     async fn compile_package(&self, sha256: &str, family: RuntimeFamily) {
         if let (Some(python), RuntimeFamily::Python3) = (&self.python, family) {
             bytecode::compile_python_package(python, self.code.code_dir(sha256)).await;
