@@ -316,15 +316,18 @@ def test_python_packages_are_compiled_when_stored(api):
     compile is left out, and the function is created all the same."""
     name = unique_name()
     source = (
-        "import os, helper\n\n"
+        "import marshal, os, helper\n\n"
         "def main_handler(event, context):\n"
-        "    return {'cached': helper.__cached__, 'exists': os.path.exists(helper.__cached__)}\n"
+        "    with open(helper.__cached__, 'rb') as pyc:\n"
+        "        source = marshal.loads(pyc.read()[16:]).co_filename\n"
+        "    return {'cached': helper.__cached__, 'source': source}\n"
     )
     code = py_zip(source, extra={"helper.py": "VALUE = 1\n", "broken.py": "def f(:\n"})
     assert_ok(api.create(name, code))
     result = json.loads(invoke_data(api.invoke(name, {}))["retMsg"])
     assert result["cached"].startswith("/var/user/__pycache__/helper."), result
-    assert result["exists"] is True, result
+    # The bytecode names its source where the instance sees it, not in the data directory.
+    assert result["source"] == "/var/user/helper.py", result
 
 
 # --------------------------------------------------------------------------------------------

@@ -88,7 +88,14 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         concurrency: config.concurrency,
         memory_budget_mb: config.memory_budget_mb,
     };
-    let control = Control::new(store.clone(), code, &runtimes).with_python_compiler(python.clone());
+    // Sandboxed, instances see their code at the sandbox's code root, and their bytecode names
+    // its sources there rather than in the data directory.
+    let code_root = match engine.isolation() {
+        nimbus_engine::Isolation::Sandbox => Some(nimbus_engine::CODE_ROOT),
+        nimbus_engine::Isolation::None => None,
+    };
+    let control = Control::new(store.clone(), code, &runtimes)
+        .with_python_compiler(python.clone(), code_root);
     let runner = AsyncRunner::new(control.clone(), Arc::clone(&engine), config.region.clone());
     let queue_config = QueueConfig {
         // Async attempts may take at most half of a function's instances, so synchronous

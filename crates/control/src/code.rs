@@ -200,19 +200,30 @@ impl CodeStore {
     /// `ControlError::Io` when writing fails, `ControlError::Invalid` when an entry cannot be
     /// read.
     pub fn put(&self, sha256: &str, bytes: &[u8]) -> Result<(), ControlError> {
-        let target = self.code_dir(sha256);
-        if target.is_dir() {
+        if self.is_stored(sha256) {
             return Ok(());
         }
+        self.stage(sha256, bytes)?.commit()
+    }
+
+    /// Whether the package with this hash is stored.
+    pub fn is_stored(&self, sha256: &str) -> bool {
+        self.code_dir(sha256).is_dir()
+    }
+
+    /// Unpacks a checked package into a private staging folder, to be completed (compiled,
+    /// say) and then [committed](Staged::commit).
+    ///
+    /// # Errors
+    /// As [`CodeStore::put`].
+    pub fn stage(&self, sha256: &str, bytes: &[u8]) -> Result<Staged, ControlError> {
         let staging = tempfile_dir(&self.root)?;
         unpack(bytes, staging.path())?;
         std::fs::write(self.root.join(format!("{sha256}.zip")), bytes)?;
-        match std::fs::rename(staging.path(), &target) {
-            Ok(()) => Ok(()),
-            // Someone stored the same package meanwhile: theirs is as good as ours.
-            Err(_) if target.is_dir() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(Staged {
+            staging,
+            target: self.code_dir(sha256),
+        })
     }
 
     /// Reads one file of a stored package as text; `None` if it is not UTF-8 (a compiled
@@ -242,6 +253,32 @@ impl CodeStore {
             }
         }
         Ok(())
+    }
+}
+
+/// A package unpacked where nothing runs it yet; dropped uncommitted, it is removed.
+pub struct Staged {
+    staging: StagingDir,
+    target: PathBuf,
+}
+
+impl Staged {
+    /// The staging folder.
+    pub fn path(&self) -> &Path {
+        self.staging.path()
+    }
+
+    /// Moves the package to its place in the store, in one rename.
+    ///
+    /// # Errors
+    /// `ControlError::Io` when the rename fails.
+    pub fn commit(self) -> Result<(), ControlError> {
+        match std::fs::rename(self.staging.path(), &self.target) {
+            Ok(()) => Ok(()),
+            // Someone stored the same package meanwhile: theirs is as good as ours.
+            Err(_) if self.target.is_dir() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -404,6 +441,45 @@ mod tests {
         store.put(&sha, &good).expect("put");
         let meta = std::fs::metadata(store.code_dir(&sha).join("bootstrap")).expect("unpacked");
         assert_eq!(meta.permissions().mode() & 0o777, 0o755);
+    }
+
+    #[test]
+    fn a_staged_package_appears_whole_when_committed_and_not_at_all_when_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = CodeStore::open(dir.path().join("code")).expect("open");
+        let package = zip_of(&[("index.py", "print('hi')")]);
+        let sha = package_hash(&package);
+
+        let staged = store.stage(&sha, &package).expect("stage");
+        std::fs::write(staged.path().join("added.pyc"), b"bytecode").expect("write");
+        assert!(!store.is_stored(&sha), "staged is not stored");
+        let abandoned = staged.path().to_owned();
+        drop(staged);
+        assert!(!abandoned.exists(), "a dropped stage is removed");
+        assert!(!store.is_stored(&sha));
+
+        let staged = store.stage(&sha, &package).expect("stage");
+        std::fs::write(staged.path().join("added.pyc"), b"bytecode").expect("write");
+        // Someone else stores the same package meanwhile: theirs stays.
+        store.put(&sha, &package).expect("put");
+        staged.commit().expect("commit over a stored package");
+        assert!(store.code_dir(&sha).join("index.py").is_file());
+        assert!(!store.code_dir(&sha).join("added.pyc").exists());
+        store.remove(&sha).expect("remove");
+
+        let staged = store.stage(&sha, &package).expect("stage");
+        std::fs::write(staged.path().join("added.pyc"), b"bytecode").expect("write");
+        staged.commit().expect("commit");
+        assert!(store.code_dir(&sha).join("added.pyc").is_file());
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("code"))
+                .expect("list")
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with(".staging"))
+                .count(),
+            0,
+            "no staging folder is left behind"
+        );
     }
 
     #[test]

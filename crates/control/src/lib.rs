@@ -115,6 +115,15 @@ pub struct Control {
     /// The interpreter Python instances run, which compiles Python packages when they are
     /// stored (see `bytecode.rs`); `None` leaves compiling to each instance.
     python: Option<Arc<std::path::Path>>,
+    /// Where instances see their code, written into the bytecode as its source path.
+    code_root: Option<Arc<str>>,
+}
+
+/// A checked package, staged (and compiled) unless the store had it.
+struct PreparedPackage {
+    sha256: String,
+    bytes: Vec<u8>,
+    staged: Option<code::Staged>,
 }
 
 impl Control {
@@ -127,14 +136,18 @@ impl Control {
             reservation_lock: Arc::new(tokio::sync::Mutex::new(())),
             available: available.into(),
             python: None,
+            code_root: None,
         }
     }
 
     /// Compiles Python functions' packages with `python` when they are stored, so that
     /// instances import bytecode rather than compile every module at each cold start.
+    /// `code_root` is where instances see their code (`None`: where it is stored); the
+    /// bytecode names its source files there.
     #[must_use]
-    pub fn with_python_compiler(mut self, python: PathBuf) -> Control {
+    pub fn with_python_compiler(mut self, python: PathBuf, code_root: Option<&str>) -> Control {
         self.python = Some(python.into());
+        self.code_root = code_root.map(Into::into);
         self
     }
 
@@ -192,10 +205,11 @@ impl Control {
             return Err(ControlError::FunctionExists(function_name.to_owned()));
         }
 
-        let guard = self.code_lock.lock().await;
-        let (code_sha256, code_size) = self
-            .store_package(code, handler_file, family, limits.max_code_bytes)
+        let package = self
+            .prepare_package(code, handler_file, family, limits.max_code_bytes)
             .await?;
+        let _guard = self.code_lock.lock().await;
+        let (code_sha256, code_size) = self.store_package(package).await?;
         let now = nimbus_store::now_ms();
         let record = FunctionRecord {
             namespace: namespace.to_owned(),
@@ -229,10 +243,6 @@ impl Control {
                 });
             }
         }
-        // Outside the lock: compiling a large package takes seconds, and other deploys need
-        // not wait for it.
-        drop(guard);
-        self.compile_package(&record.code_sha256, family).await;
         Ok(record)
     }
 
@@ -281,13 +291,17 @@ impl Control {
             next.init_timeout = init_timeout;
         }
 
-        let guard = self.code_lock.lock().await;
-        let compile = settings.code.is_some() || next.runtime != current.runtime;
-        match settings.code {
-            Some(code) => {
-                (next.code_sha256, next.code_size) = self
-                    .store_package(code, handler_file, family, limits.max_code_bytes)
-                    .await?;
+        let package = match settings.code {
+            Some(code) => Some(
+                self.prepare_package(code, handler_file.clone(), family, limits.max_code_bytes)
+                    .await?,
+            ),
+            None => None,
+        };
+        let _guard = self.code_lock.lock().await;
+        match package {
+            Some(package) => {
+                (next.code_sha256, next.code_size) = self.store_package(package).await?;
             }
             None => self.check_stored_handler(&current.code_sha256, &handler_file, family)?,
         }
@@ -303,10 +317,6 @@ impl Control {
         }
         if next.code_sha256 != current.code_sha256 {
             self.remove_if_unused(&current.code_sha256).await?;
-        }
-        drop(guard);
-        if compile {
-            self.compile_package(&next.code_sha256, family).await;
         }
         Ok(next)
     }
@@ -532,38 +542,68 @@ impl Control {
             .unwrap_or_default())
     }
 
-    /// Decodes, checks and stores a package; returns its hash and size. Runs on the blocking
-    /// pool: decoding and unpacking a 50 MB zip takes a while.
-    async fn store_package(
+    /// Decodes and checks a package and, unless the store has it already, unpacks it into a
+    /// staging folder and compiles it there when it is Python's (see `bytecode.rs`). Needs no
+    /// lock: nothing but this request sees the staging folder. Runs on the blocking pool:
+    /// decoding and unpacking a 50 MB zip takes a while.
+    async fn prepare_package(
         &self,
         code: String,
         handler_file: String,
         family: RuntimeFamily,
         max_bytes: usize,
-    ) -> Result<(String, u64), ControlError> {
+    ) -> Result<PreparedPackage, ControlError> {
         let store = self.code.clone();
-        tokio::task::spawn_blocking(move || {
+        let package = tokio::task::spawn_blocking(move || {
             let bytes = code::decode_package(&code, max_bytes)?;
             if family == RuntimeFamily::Custom {
                 code::check_executable(&bytes, &handler_file)?;
             }
             code::check_package(&bytes, &handler_file)?;
-            let sha = code::package_hash(&bytes);
-            store.put(&sha, &bytes)?;
-            Ok((sha, bytes.len() as u64))
+            let sha256 = code::package_hash(&bytes);
+            let staged = if store.is_stored(&sha256) {
+                None
+            } else {
+                Some(store.stage(&sha256, &bytes)?)
+            };
+            Ok::<_, ControlError>(PreparedPackage {
+                sha256,
+                bytes,
+                staged,
+            })
+        })
+        .await
+        .map_err(|_| ControlError::Io(std::io::Error::other("package task failed")))??;
+        if let (Some(python), Some(staged), RuntimeFamily::Python3) =
+            (&self.python, &package.staged, family)
+        {
+            bytecode::compile_python_package(python, staged.path(), self.code_root.as_deref())
+                .await;
+        }
+        // An already stored package keeps the bytecode it has (none if another runtime's
+        // function stored it first).
+        Ok(package)
+    }
+
+    /// Puts a prepared package in its place; returns its hash and size. Called with the code
+    /// lock held: whether the store has the package is only certain then.
+    async fn store_package(&self, package: PreparedPackage) -> Result<(String, u64), ControlError> {
+        let store = self.code.clone();
+        tokio::task::spawn_blocking(move || {
+            let PreparedPackage {
+                sha256,
+                bytes,
+                staged,
+            } = package;
+            match staged {
+                Some(staged) => staged.commit()?,
+                // Removed since it was found stored: store it again, uncompiled.
+                None => store.put(&sha256, &bytes)?,
+            }
+            Ok((sha256, bytes.len() as u64))
         })
         .await
         .map_err(|_| ControlError::Io(std::io::Error::other("package task failed")))?
-    }
-
-    /// Compiles a stored Python package (again: compiling is idempotent, and a package
-    /// first stored for another runtime has no bytecode yet). The function can already be
-    /// invoked meanwhile: its modules then compile at import, and the compiler's files appear
-    /// whole (each is written aside and renamed).
-    async fn compile_package(&self, sha256: &str, family: RuntimeFamily) {
-        if let (Some(python), RuntimeFamily::Python3) = (&self.python, family) {
-            bytecode::compile_python_package(python, self.code.code_dir(sha256)).await;
-        }
     }
 
     fn check_stored_handler(

@@ -71,6 +71,6 @@ pub use engine::Engine;
 pub use error::EngineError;
 pub use function::{FunctionSpec, InvocationOutcome, InvocationRequest, InvocationResult, Runtime};
 pub use nimbus_sandbox::{
-    Capabilities, CgroupUse, DEFAULT_FIRST_ID, DEFAULT_ID_COUNT, Isolation, MemoryEnforcement,
-    SandboxConfig, SandboxError,
+    CODE_ROOT, Capabilities, CgroupUse, DEFAULT_FIRST_ID, DEFAULT_ID_COUNT, Isolation,
+    MemoryEnforcement, SandboxConfig, SandboxError,
 };
