@@ -456,6 +456,37 @@ def test_distinct_functions_run_as_distinct_uids(sdk, hostile):
     assert all(uid in SANDBOX_UIDS for uid in uids.values()), uids
 
 
+TICKER = """
+import threading, time
+
+ticks = []
+
+def tick():
+    while True:
+        ticks.append(time.monotonic())
+        time.sleep(0.01)
+
+def main_handler(event, context):
+    if not ticks:
+        threading.Thread(target=tick, daemon=True).start()
+        return 0
+    return max(b - a for a, b in zip(ticks, ticks[1:]))
+"""
+
+
+def test_an_idle_instance_is_frozen_until_its_next_invocation(sdk):
+    """As on SCF, a thread the handler left running stands still between invocations: the
+    server freezes an idle instance 50 ms after its invocation returned."""
+    if own_cgroup_dir(os.getpid()) is None:
+        pytest.skip("no cgroup v2 on this host: idle instances cannot be frozen")
+    name = unique_name("ticker")
+    sdk.create(name, py_zip(TICKER), MemorySize=128, Timeout=10)
+    assert ret_of(attack(sdk, name, {})) == 0
+    time.sleep(1.5)
+    longest_pause = ret_of(attack(sdk, name, {}))
+    assert longest_pause > 0.75, longest_pause
+
+
 def own_cgroup_dir(pid):
     """The cgroup v2 directory `pid` runs in, if a cgroup2 hierarchy is mounted."""
     mount = None

@@ -25,6 +25,8 @@ impl Defaults {
     pub const MEMORY_BUDGET_MB: u64 = 4096;
     /// Idle instances live this long.
     pub const KEEP_ALIVE_SECS: u64 = 600;
+    /// Idle instances are frozen after this long (the engine's default); 0 never.
+    pub const FREEZE_AFTER_MS: u64 = nimbus_engine::DEFAULT_FREEZE_AFTER.as_millis() as u64;
     /// Live instances per function.
     pub const CONCURRENCY: u32 = 8;
     /// Per-invocation log cap.
@@ -132,6 +134,8 @@ pub struct FileEngine {
     pub memory_budget_mb: Option<u64>,
     /// Idle keep-alive in seconds.
     pub keep_alive_secs: Option<u64>,
+    /// Idle time before an instance is frozen, ms; 0 never freezes.
+    pub freeze_after_ms: Option<u64>,
     /// Live instances per function.
     pub concurrency: Option<u32>,
     /// Per-invocation log cap in bytes.
@@ -170,6 +174,8 @@ pub struct ServeConfig {
     pub memory_budget_mb: u64,
     /// Idle keep-alive in seconds.
     pub keep_alive_secs: u64,
+    /// Idle time before an instance is frozen, ms; 0 never freezes.
+    pub freeze_after_ms: u64,
     /// Live instances per function.
     pub concurrency: u32,
     /// Per-invocation log cap in bytes.
@@ -290,6 +296,10 @@ pub fn resolve(
             .engine
             .keep_alive_secs
             .unwrap_or(Defaults::KEEP_ALIVE_SECS),
+        freeze_after_ms: file
+            .engine
+            .freeze_after_ms
+            .unwrap_or(Defaults::FREEZE_AFTER_MS),
         concurrency,
         node: file
             .engine

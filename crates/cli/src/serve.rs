@@ -53,6 +53,8 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot run the Python interpreter {:?}", config.python))?;
     let mut engine_config = EngineConfig::new(python.clone(), data_dir.join("runtimes"));
     engine_config.keep_alive = Duration::from_secs(config.keep_alive_secs);
+    engine_config.freeze_after =
+        (config.freeze_after_ms > 0).then(|| Duration::from_millis(config.freeze_after_ms));
     engine_config.default_concurrency = config.concurrency;
     engine_config.log_limit_bytes = config.log_limit_bytes;
     engine_config.memory_budget_mb = config.memory_budget_mb;

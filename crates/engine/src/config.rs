@@ -30,6 +30,8 @@ pub const DEFAULT_NODE_SPARES: u32 = 1;
 
 /// How long an idle instance is kept: 10 minutes.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10 * 60);
+/// How long an instance stays idle before it is frozen ([`EngineConfig::freeze_after`]).
+pub const DEFAULT_FREEZE_AFTER: Duration = Duration::from_millis(50);
 /// Per-invocation log cap: 1 MiB.
 pub const DEFAULT_LOG_LIMIT_BYTES: usize = 1024 * 1024;
 /// Instances per function: 8.
@@ -63,6 +65,11 @@ pub struct EngineConfig {
     pub runtime_dir: PathBuf,
     /// Idle instance lifetime. Default [`DEFAULT_KEEP_ALIVE`].
     pub keep_alive: Duration,
+    /// How long an instance stays idle before every process of it is frozen (cgroup v2
+    /// freezer) until its next invocation, so that what an invocation left running uses no
+    /// CPU in between, as on SCF. `None` never freezes; hosts without cgroup v2 cannot.
+    /// Default [`DEFAULT_FREEZE_AFTER`].
+    pub freeze_after: Option<Duration>,
     /// Per-invocation log cap in bytes, framing lines included. Default
     /// [`DEFAULT_LOG_LIMIT_BYTES`].
     pub log_limit_bytes: usize,
@@ -108,6 +115,7 @@ impl EngineConfig {
             node: None,
             runtime_dir: runtime_dir.into(),
             keep_alive: DEFAULT_KEEP_ALIVE,
+            freeze_after: Some(DEFAULT_FREEZE_AFTER),
             log_limit_bytes: DEFAULT_LOG_LIMIT_BYTES,
             default_concurrency: DEFAULT_CONCURRENCY,
             memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,

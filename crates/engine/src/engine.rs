@@ -73,12 +73,15 @@ struct Inner {
     spares: Spares,
     /// Wakes the idle watcher: an instance went idle with processes left running.
     idle_watch: Arc<Notify>,
+    /// Wakes the freezer: an instance went idle.
+    freezer: Arc<Notify>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        // The idle watcher may be parked: let it see the engine is gone.
+        // The idle watcher and the freezer may be parked: let them see the engine is gone.
         self.idle_watch.notify_one();
+        self.freezer.notify_one();
     }
 }
 
@@ -111,12 +114,20 @@ impl Engine {
             pools: Mutex::new(pools),
             spares,
             idle_watch: Arc::new(Notify::new()),
+            freezer: Arc::new(Notify::new()),
         });
         runtime.spawn(reap_idle(Arc::downgrade(&inner), period));
         runtime.spawn(watch_idle(
             Arc::downgrade(&inner),
             Arc::clone(&inner.idle_watch),
         ));
+        if let Some(after) = inner.config.freeze_after {
+            runtime.spawn(freeze_idle(
+                Arc::downgrade(&inner),
+                Arc::clone(&inner.freezer),
+                after,
+            ));
+        }
         inner.refill_spares();
         Ok(Engine { inner })
     }
@@ -691,6 +702,33 @@ async fn watch_idle(inner: Weak<Inner>, wake: Arc<Notify>) {
     }
 }
 
+/// Freezes instances once they have been idle for `after` (see [`Instance::freeze`]). Woken
+/// when an instance goes idle; sleeps until the next one is due, and waits for a wake-up again
+/// when none is.
+async fn freeze_idle(inner: Weak<Inner>, wake: Arc<Notify>, after: Duration) {
+    loop {
+        wake.notified().await;
+        let mut wait = after;
+        loop {
+            tokio::time::sleep(wait).await;
+            let Some(inner) = inner.upgrade() else {
+                return;
+            };
+            let next = {
+                let mut pools = inner.lock();
+                if pools.is_closed() {
+                    return;
+                }
+                pools.freeze_idle(Instant::now(), after, Instance::freeze)
+            };
+            match next {
+                Some(next) => wait = next,
+                None => break,
+            }
+        }
+    }
+}
+
 /// An invocation's claim on an instance slot of its function; see the module header.
 #[derive(Debug)]
 struct Lease {
@@ -743,6 +781,7 @@ impl Lease {
             (None, _) => None,
         };
         self.open = false;
+        let pooled = returned.is_some();
         let watched = returned
             .as_ref()
             .is_some_and(|(instance, _)| instance.watched_while_idle());
@@ -752,8 +791,11 @@ impl Lease {
             .release(&self.key, self.ticket, returned, Instant::now());
         if let Some(instance) = refused {
             instance.stop().await;
-        } else if watched {
-            self.inner.idle_watch.notify_one();
+        } else if pooled {
+            self.inner.freezer.notify_one();
+            if watched {
+                self.inner.idle_watch.notify_one();
+            }
         }
     }
 }

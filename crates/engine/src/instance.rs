@@ -88,6 +88,8 @@ pub(crate) struct Instance {
     /// While idle with processes an invocation left running: when their memory is measured
     /// next ([`Instance::idle_memory_exceeded`]). `None` when the runtime runs alone.
     idle_sample_at: Option<Instant>,
+    /// Frozen while idle ([`Instance::freeze`]); thawed before it runs again.
+    frozen: bool,
 }
 
 /// What an invocation left behind, besides its outcome.
@@ -300,6 +302,7 @@ impl Instance {
             sandbox: Some(sandbox),
             process_report: None,
             idle_sample_at: None,
+            frozen: false,
         };
         let ready = if instance.api.is_some() {
             instance
@@ -430,6 +433,29 @@ impl Instance {
         }
     }
 
+    /// Freezes an idle instance, every process of it: what an invocation left running makes
+    /// no progress (and uses no CPU) until the next invocation, as on SCF. `false` when it
+    /// cannot be frozen (no cgroup v2 on this host); `true` if it is frozen, now or before.
+    pub(crate) fn freeze(&mut self) -> bool {
+        if !self.frozen && !self.reaped {
+            self.frozen = self
+                .sandbox
+                .as_ref()
+                .is_some_and(|sandbox| sandbox.set_frozen(true));
+        }
+        self.frozen
+    }
+
+    /// Thaws a frozen instance, before it runs an invocation.
+    pub(crate) fn thaw(&mut self) {
+        if self.frozen {
+            if let Some(sandbox) = &self.sandbox {
+                sandbox.set_frozen(false);
+            }
+            self.frozen = false;
+        }
+    }
+
     /// Whether [`Instance::idle_memory_exceeded`] measures this instance while it is idle.
     pub(crate) fn watched_while_idle(&self) -> bool {
         self.idle_sample_at.is_some()
@@ -448,6 +474,7 @@ impl Instance {
     /// Runs one invocation. Never leaves the instance half-way through a protocol exchange: if
     /// it cannot finish cleanly it kills the process group (the caller then stops it).
     pub(crate) async fn run(&mut self, invocation: &Invocation<'_>) -> Run {
+        self.thaw();
         if self.api.is_some() {
             return self.run_custom(invocation).await;
         }

@@ -260,10 +260,17 @@ impl Isolator {
             open("cgroup.procs"),
             open("pids.events"),
         );
+        let freeze = plan.cgroup().and_then(|cgroup| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(cgroup.path().join("cgroup.freeze"))
+                .ok()
+        });
         InstanceSandbox {
             threads,
             procs,
             pids_events,
+            freeze,
             plan: Arc::new(plan),
             _uid: uid,
             isolation: self.isolation(),
@@ -300,6 +307,9 @@ pub(crate) struct InstanceSandbox {
     procs: Option<std::fs::File>,
     /// Its `pids.events` (with the pids controller only), kept open for the same reason.
     pids_events: Option<std::fs::File>,
+    /// Its `cgroup.freeze` (cgroup v2 has it with or without controllers), kept open: idle
+    /// instances are frozen and thawed through it.
+    freeze: Option<std::fs::File>,
     plan: Arc<Plan>,
     // Declared after `plan`: the uid is released only once the plan has killed what was left.
     _uid: IdLease,
@@ -389,6 +399,25 @@ impl InstanceSandbox {
         self.plan
             .function_pids(spawned)
             .is_ok_and(|pids| pids.len() > 1)
+    }
+
+    /// Freezes (`true`) or thaws every process of the instance, init included, with the
+    /// cgroup v2 freezer. `false` if this instance cannot be frozen (no cgroup v2 here, or the
+    /// write failed); a freeze takes effect as each process next enters the kernel, a thaw at
+    /// once.
+    pub(crate) fn set_frozen(&self, frozen: bool) -> bool {
+        use std::os::unix::fs::FileExt as _;
+        let Some(file) = &self.freeze else {
+            return false;
+        };
+        let value: &[u8] = if frozen { b"1" } else { b"0" };
+        match file.write_at(value, 0) {
+            Ok(_) => true,
+            Err(err) => {
+                tracing::debug!(%err, frozen, "cannot write cgroup.freeze");
+                false
+            }
+        }
     }
 
     /// The function's processes and threads in this instance.

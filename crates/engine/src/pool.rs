@@ -389,6 +389,33 @@ impl<I> Pools<I> {
         (self.discard(gone), watched)
     }
 
+    /// Freezes (with `freeze`, which answers whether the instance is frozen) every instance
+    /// idle for `after` or longer at `now`. Answers how long until the next one that is not
+    /// frozen yet has been idle that long; `None` when every idle instance is frozen or cannot
+    /// be.
+    pub(crate) fn freeze_idle(
+        &mut self,
+        now: Instant,
+        after: Duration,
+        mut freeze: impl FnMut(&mut I) -> bool,
+    ) -> Option<Duration> {
+        let mut next: Option<Duration> = None;
+        for idle in self
+            .pools
+            .values_mut()
+            .flat_map(|pool| pool.idle.iter_mut())
+        {
+            let idle_for = now.saturating_duration_since(idle.since);
+            if idle_for >= after {
+                freeze(&mut idle.instance);
+            } else {
+                let wait = after - idle_for;
+                next = Some(next.map_or(wait, |next| next.min(wait)));
+            }
+        }
+        next
+    }
+
     /// Refuses further leases; returns every idle instance and the process groups of running
     /// ones (to be killed while this lock is held, so none of them is reaped meanwhile).
     pub(crate) fn close(&mut self) -> (Vec<I>, Vec<u32>) {
@@ -631,6 +658,38 @@ mod tests {
         tokio::time::advance(Duration::from_secs(300)).await;
         assert_eq!(pools.expire(Instant::now(), keep_alive), vec![2]);
         assert!(pools.pools.is_empty());
+    }
+
+    #[test]
+    fn freezes_instances_idle_long_enough_and_says_when_the_next_is_due() {
+        let after = Duration::from_millis(50);
+        let start = Instant::now();
+        let mut pools = Pools::default();
+        idle(&mut pools, "f", 1, start);
+        idle(&mut pools, "g", 2, start + Duration::from_millis(30));
+        idle(&mut pools, "k", 3, start + Duration::from_millis(40));
+        // Instance 4 cannot be frozen: it is skipped, and not waited for.
+        idle(&mut pools, "h", 4, start);
+        let mut frozen = Vec::new();
+        let mut freeze = |instance: &mut u32| {
+            if *instance == 4 {
+                return false;
+            }
+            if !frozen.contains(instance) {
+                frozen.push(*instance);
+            }
+            true
+        };
+        let next = pools.freeze_idle(start + Duration::from_millis(60), after, &mut freeze);
+        assert_eq!(
+            next,
+            Some(Duration::from_millis(20)),
+            "instance 2 is due in 20 ms"
+        );
+        let next = pools.freeze_idle(start + Duration::from_millis(90), after, &mut freeze);
+        assert_eq!(next, None);
+        frozen.sort_unstable();
+        assert_eq!(frozen, vec![1, 2, 3]);
     }
 
     #[test]

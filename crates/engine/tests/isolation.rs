@@ -6,8 +6,10 @@
 mod common;
 
 use common::{Fixture, InstanceId, error, eventually, request, ret};
+use std::time::Duration;
+
 use nimbus_engine::{Engine, EngineError, Isolation, Runtime};
-use nimbus_sandbox::DEFAULT_FIRST_ID;
+use nimbus_sandbox::{CgroupSupport, DEFAULT_FIRST_ID};
 use serde_json::{Value, json};
 
 /// Reports who and where the handler is, and what each attempt the event asks for did.
@@ -271,7 +273,10 @@ def main_handler(event, context):
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn processes_left_running_are_held_to_the_memory_limit_while_idle() {
     let fixture = Fixture::new(&[("index.py", HOG_LATER)]);
-    let engine = fixture.engine().await;
+    // As on a host without cgroup v2, where idle instances cannot be frozen.
+    let mut config = fixture.config().await;
+    config.freeze_after = None;
+    let engine = Engine::new(config).expect("engine");
     let spec = fixture.spec("hog-later", Runtime::Python3);
     let outcome = engine.invoke(&spec, request("h1", json!({}))).await;
     let uid = ret(&outcome).as_u64().expect("uid");
@@ -286,6 +291,51 @@ async fn processes_left_running_are_held_to_the_memory_limit_while_idle() {
     })
     .await;
     eventually("no process of the function is left", || !runs_as(uid)).await;
+    engine.shutdown().await;
+}
+
+/// Starts a thread that notes the time every 10 ms; answers, from the second invocation on,
+/// the longest pause between two notes.
+const TICKER: &str = r#"
+import threading, time
+
+ticks = []
+
+def tick():
+    while True:
+        ticks.append(time.monotonic())
+        time.sleep(0.01)
+
+def main_handler(event, context):
+    if not ticks:
+        threading.Thread(target=tick, daemon=True).start()
+        return 0
+    return max(b - a for a, b in zip(ticks, ticks[1:]))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_instance_is_frozen_until_its_next_invocation() {
+    let fixture = Fixture::new(&[("index.py", TICKER)]);
+    let engine = fixture.engine().await;
+    if let CgroupSupport::Unavailable { reason } = &engine.capabilities().cgroup {
+        eprintln!("skipped: no cgroup v2 to freeze with ({reason})");
+        engine.shutdown().await;
+        return;
+    }
+    let spec = fixture.spec("ticker", Runtime::Python3);
+    ret(&engine.invoke(&spec, request("t1", json!({}))).await);
+    let idle = Duration::from_millis(1500);
+    tokio::time::sleep(idle).await;
+    let longest_pause = ret(&engine.invoke(&spec, request("t2", json!({}))).await)
+        .as_f64()
+        .expect("seconds");
+    // Frozen 50 ms after the first invocation returned: the thread stood still for most of
+    // the idle time. Unfrozen, it would have noted the time every 10 ms throughout.
+    assert!(
+        longest_pause > idle.as_secs_f64() / 2.0,
+        "the ticker paused for {longest_pause} s at most while idle for {idle:?}"
+    );
+    assert_eq!(engine.live_instances(), 1, "the same instance answered");
     engine.shutdown().await;
 }
 
