@@ -19,7 +19,7 @@ from api3_helpers import (
     poll_until,
     sdk_code,
 )
-from helpers import ECHO, b64, py_zip, toolbox_zip, unique_name
+from helpers import ECHO, b64, poll, py_zip, toolbox_zip, unique_name
 
 TIME_FMT = "%Y-%m-%d %H:%M:%S"
 
@@ -370,6 +370,39 @@ def test_terminate_async_event(sdk):
     assert entry["RetCode"] != 0
     # The function keeps working after one of its runs was stopped.
     assert ret(sdk.invoke(name, {"after": "terminate"})) == {"after": "terminate"}
+
+
+GRACEFUL = """
+import signal, sys, time
+
+def on_term(signum, frame):
+    print("cleaning up after SIGTERM")
+    sys.exit(0)
+
+def main_handler(event, context):
+    signal.signal(signal.SIGTERM, on_term)
+    print("started")
+    time.sleep(30)
+    return "never"
+"""
+
+
+def test_graceful_termination_lets_the_function_clean_up(sdk):
+    """GraceShutdown=true sends the function SIGTERM and lets it end of its own accord: what
+    it logged until then is the aborted event's log."""
+    name = unique_name("graceful")
+    sdk.create(name, py_zip(GRACEFUL), Timeout=60)
+    request_id = sdk.invoke_async(name, {})
+    time.sleep(1.5)  # the attempt starts and installs its handler
+    started = time.monotonic()
+    assert_request_id(sdk.call("TerminateAsyncEvent", FunctionName=name,
+                               InvokeRequestId=request_id, GraceShutdown=True)["RequestId"])
+    assert sdk.wait_async(request_id, timeout=15)["Status"] == "ABORTED"
+    entry = poll(lambda: sdk.finished_log(name, request_id),
+                 lambda entry: "cleaning up after SIGTERM" in entry["Log"], timeout=10)
+    assert "started" in entry["Log"] and "cleaning up after SIGTERM" in entry["Log"], entry
+    assert time.monotonic() - started < 10, "it ended of its own accord, not at its timeout"
+    assert entry["RetCode"] != 0
 
 
 # --------------------------------------------------------------------------------------------

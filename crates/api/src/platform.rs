@@ -13,11 +13,11 @@
 //! SCF's retry policy.
 //!
 //! # Limitations
-//! - Termination always kills at once; `GraceShutdown` (SIGTERM first) is not honoured.
 //! - Async invocations are billed at 1 ms granularity whichever dialect accepted them: the
 //!   queue does not keep the caller's dialect.
-//! - Invocation records are written before a synchronous call answers (one small commit); a
-//!   batching writer would take that off the hot path.
+//! - Invocation records are committed before a synchronous call answers (by the store's
+//!   group-commit writer), so that the caller can read them at once; answering first would
+//!   save a thread hop per call.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -348,6 +348,7 @@ impl Platform {
         namespace: &str,
         name: &str,
         request_id: &str,
+        gracefully: bool,
     ) -> Result<(), ApiError> {
         let record = self.async_event(request_id).await?;
         if record.namespace != namespace || record.function_name != name {
@@ -362,7 +363,7 @@ impl Platform {
             499,
             "the async event was terminated by request",
         );
-        match self.queue.terminate(aborted).await {
+        match self.queue.terminate(aborted, gracefully).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(ApiError::AsyncEventFinished(request_id.to_owned())),
             Err(error) => Err(internal(&error)),
@@ -748,6 +749,10 @@ impl Executor for AsyncRunner {
         let runner = self.clone();
         let event = event.clone();
         async move { runner.attempt(&event).await }
+    }
+
+    fn interrupt(&self, event: &QueuedEvent) {
+        self.engine.interrupt(&event.event.request_id);
     }
 }
 

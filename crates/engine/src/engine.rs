@@ -32,10 +32,12 @@
 //!   that needs an instance tries once more, so a function whose init always fails costs one
 //!   start per call (never more, never in a loop). A back-off would spare the host.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use nimbus_sandbox::{Capabilities, Isolation, MemoryEnforcement};
+use nix::sys::signal::Signal;
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -75,6 +77,9 @@ struct Inner {
     idle_watch: Arc<Notify>,
     /// Wakes the freezer: an instance went idle.
     freezer: Arc<Notify>,
+    /// The runtime pid of each running invocation, by request id: whom [`Engine::interrupt`]
+    /// signals.
+    running: Mutex<HashMap<String, u32>>,
 }
 
 impl Drop for Inner {
@@ -115,6 +120,7 @@ impl Engine {
             spares,
             idle_watch: Arc::new(Notify::new()),
             freezer: Arc::new(Notify::new()),
+            running: Mutex::default(),
         });
         runtime.spawn(reap_idle(Arc::downgrade(&inner), period));
         runtime.spawn(watch_idle(
@@ -149,6 +155,24 @@ impl Engine {
             request_id = %request.request_id,
         );
         self.inner.invoke(spec, request).instrument(span).await
+    }
+
+    /// Sends `SIGTERM` to the runtime running the invocation `request_id`, so that its code
+    /// can end it of its own accord (the invocation's caller decides how long to wait).
+    /// Returns false when no such invocation is running.
+    pub fn interrupt(&self, request_id: &str) -> bool {
+        let pid = self.inner.running_invocations().get(request_id).copied();
+        let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
+            return false;
+        };
+        // The pid is registered only while its instance runs this invocation: not reused.
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::debug!(pid, %err, "cannot interrupt the invocation");
+                false
+            }
+        }
     }
 
     /// Stops every idle instance of a function (after an update or delete). Invocations running
@@ -222,6 +246,10 @@ impl Engine {
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Pools<Instance>> {
         self.pools.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn running_invocations(&self) -> MutexGuard<'_, HashMap<String, u32>> {
+        self.running.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     async fn invoke(
@@ -318,7 +346,10 @@ impl Inner {
                 lease.stop_instance().await;
                 return self.platform_failure(spec, &request, &EngineError::ShutDown, cold_start);
             };
-            let run = attached.run(&invocation).await;
+            let run = {
+                let _running = Running::register(self, &request.request_id, attached.runtime_pid());
+                attached.run(&invocation).await
+            };
             if matches!(run.end, RunEnd::Stale) && !cold_start {
                 // The idle instance died since its last invocation: start a fresh one.
                 tracing::debug!("idle instance was gone, starting another");
@@ -726,6 +757,27 @@ async fn freeze_idle(inner: Weak<Inner>, wake: Arc<Notify>, after: Duration) {
                 None => break,
             }
         }
+    }
+}
+
+/// An invocation in [`Inner::running`] while it lives.
+struct Running<'a> {
+    inner: &'a Inner,
+    request_id: &'a str,
+}
+
+impl<'a> Running<'a> {
+    fn register(inner: &'a Inner, request_id: &'a str, runtime_pid: u32) -> Running<'a> {
+        inner
+            .running_invocations()
+            .insert(request_id.to_owned(), runtime_pid);
+        Running { inner, request_id }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.inner.running_invocations().remove(self.request_id);
     }
 }
 

@@ -75,6 +75,9 @@ pub struct QueueConfig {
     pub lease: Duration,
     /// How long `shutdown` waits for running attempts.
     pub shutdown_grace: Duration,
+    /// How long a gracefully terminated attempt may run on after it was interrupted
+    /// ([`Queue::terminate`]).
+    pub termination_grace: Duration,
 }
 
 impl Default for QueueConfig {
@@ -87,6 +90,7 @@ impl Default for QueueConfig {
             commit_batch: 512,
             lease: Duration::from_secs(16 * 60),
             shutdown_grace: Duration::from_secs(10),
+            termination_grace: Duration::from_secs(5),
         }
     }
 }
@@ -106,6 +110,22 @@ pub struct AttemptOutcome {
 pub trait Executor: Send + Sync + 'static {
     /// Runs the event once. Dropping the future must stop the attempt.
     fn execute(&self, event: &QueuedEvent) -> impl Future<Output = AttemptOutcome> + Send;
+
+    /// Asks the running attempt of `event` to end of its own accord (SCF's `GraceShutdown`:
+    /// a `SIGTERM` to the function); its `execute` future goes on until it does. By default
+    /// nothing is asked.
+    fn interrupt(&self, event: &QueuedEvent) {
+        let _ = event;
+    }
+}
+
+/// How a running attempt is told to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Drop it: its instance is killed.
+    Now,
+    /// Interrupt it, and drop it only if it is still running after the termination grace.
+    Gracefully,
 }
 
 /// Wall-clock milliseconds that follow tokio's clock (so tests can pause and advance time).
@@ -148,7 +168,7 @@ struct Counters {
     running: HashMap<FunctionKey, u32>,
     running_total: u32,
     /// Running attempts that can be told to stop.
-    stops: HashMap<String, oneshot::Sender<()>>,
+    stops: HashMap<String, oneshot::Sender<Stop>>,
     closed: bool,
 }
 
@@ -279,16 +299,28 @@ impl<E: Executor> Queue<E> {
     /// Stops a pending event: a running attempt is told to stop, a waiting one is removed.
     /// `aborted` is its final record. Returns false when it was not pending any more.
     ///
+    /// `gracefully` (SCF's `GraceShutdown`): a running attempt is interrupted
+    /// ([`Executor::interrupt`]) rather than killed, and killed only if it still runs after
+    /// [`QueueConfig::termination_grace`]; the log it wrote until it ended joins `aborted`.
+    ///
     /// # Errors
     /// `Store`.
-    pub async fn terminate(&self, aborted: InvocationRecord) -> Result<bool, QueueError> {
+    pub async fn terminate(
+        &self,
+        aborted: InvocationRecord,
+        gracefully: bool,
+    ) -> Result<bool, QueueError> {
         let stop = self.inner.lock().stops.remove(&aborted.request_id);
         let request_id = aborted.request_id.clone();
         let key = (aborted.namespace.clone(), aborted.function_name.clone());
         if let Some(stop) = stop {
-            // The attempt task drops the execution; whatever it then records is refused,
-            // because the event is gone by then.
-            let _ = stop.send(());
+            // Whatever the attempt task then records as an attempt is refused, because the
+            // event is gone by then.
+            let _ = stop.send(if gracefully {
+                Stop::Gracefully
+            } else {
+                Stop::Now
+            });
         }
         let removed = self.inner.store.abort_async_event(aborted).await?;
         if removed {
@@ -490,13 +522,20 @@ fn start_attempt<E: Executor>(inner: &Arc<Inner<E>>, queued: QueuedEvent) {
 async fn run_attempt<E: Executor>(
     inner: &Inner<E>,
     queued: &QueuedEvent,
-    stopped: oneshot::Receiver<()>,
+    stopped: oneshot::Receiver<Stop>,
 ) {
     let start_time = inner.clock.now_ms();
+    let execution = inner.executor.execute(queued);
+    tokio::pin!(execution);
     let outcome = tokio::select! {
-        outcome = inner.executor.execute(queued) => outcome,
+        outcome = &mut execution => outcome,
         // Terminated: the store already holds the aborted record.
-        Ok(()) = stopped => return,
+        Ok(stop) = stopped => {
+            if stop == Stop::Gracefully {
+                finish_gracefully(inner, queued, execution).await;
+            }
+            return;
+        }
     };
     let end_time = inner.clock.now_ms();
     let mut record = outcome.record;
@@ -547,6 +586,29 @@ async fn run_attempt<E: Executor>(
         Ok(_) => {}
         // The lease expires and the event runs again: at-least-once.
         Err(error) => tracing::error!(%error, "async attempt could not be recorded"),
+    }
+}
+
+/// Interrupts a terminated attempt and lets it run for the termination grace at most; if it
+/// ends within it, what it logged joins the event's aborted record.
+async fn finish_gracefully<E: Executor>(
+    inner: &Inner<E>,
+    queued: &QueuedEvent,
+    execution: std::pin::Pin<&mut impl Future<Output = AttemptOutcome>>,
+) {
+    inner.executor.interrupt(queued);
+    let request_id = &queued.event.request_id;
+    match tokio::time::timeout(inner.config.termination_grace, execution).await {
+        Ok(outcome) => {
+            let log = outcome.record.log;
+            if let Err(error) = inner.store.add_aborted_log(request_id, log).await {
+                tracing::error!(%error, "cannot keep the log of a terminated attempt");
+            }
+        }
+        Err(_) => tracing::info!(
+            grace = ?inner.config.termination_grace,
+            "terminated attempt still running after its grace; stopping it"
+        ),
     }
 }
 

@@ -13,6 +13,9 @@ struct Script {
     runs: Mutex<Vec<(String, i64)>>,
     clock: Mutex<Option<Clock>>,
     hang: bool,
+    /// With `hang`: an interrupted attempt ends, logging this.
+    interrupted: tokio::sync::Notify,
+    on_interrupt: Option<&'static str>,
 }
 
 impl Executor for Arc<Script> {
@@ -30,10 +33,17 @@ impl Executor for Arc<Script> {
             }
         };
         let hang = self.hang;
-        let record = record_for(&event.event, class);
+        let mut record = record_for(&event.event, class);
+        let script = Arc::clone(self);
         async move {
             if hang {
-                std::future::pending::<()>().await;
+                match script.on_interrupt {
+                    Some(log) => {
+                        script.interrupted.notified().await;
+                        record.log = log.into();
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             }
             let error_message = if class == ErrorClass::Success {
                 ""
@@ -46,6 +56,10 @@ impl Executor for Arc<Script> {
                 error_message: error_message.into(),
             }
         }
+    }
+
+    fn interrupt(&self, _event: &QueuedEvent) {
+        self.interrupted.notify_one();
     }
 }
 
@@ -270,12 +284,66 @@ async fn terminate_stops_a_running_attempt_and_records_it_aborted() {
     .await;
     let mut aborted = record_for(&event, ErrorClass::Success);
     aborted.status = InvocationStatus::Aborted;
-    assert!(queue.terminate(aborted.clone()).await.expect("terminate"));
-    assert!(!queue.terminate(aborted).await.expect("terminate twice"));
+    assert!(
+        queue
+            .terminate(aborted.clone(), false)
+            .await
+            .expect("terminate")
+    );
+    assert!(
+        !queue
+            .terminate(aborted, false)
+            .await
+            .expect("terminate twice")
+    );
     run_until(Duration::from_secs(2), || false).await;
     assert_eq!(status(&queue, "r1").await, InvocationStatus::Aborted);
     assert_eq!(queue.inner.lock().running_total, 0);
     queue.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_termination_interrupts_the_attempt_and_keeps_its_log() {
+    for (ends, gracefully) in [(true, true), (false, true), (true, false)] {
+        let script = Arc::new(Script {
+            hang: true,
+            on_interrupt: ends.then_some("cleaning up\n"),
+            ..Script::default()
+        });
+        let (_dir, queue) = start(&script, QueueConfig::default()).await;
+        let (event, record) = new_event(&queue, "r1", 2);
+        queue.accept(event.clone(), record).await.expect("accept");
+        run_until(Duration::from_secs(5), || {
+            !script.runs.lock().expect("lock").is_empty()
+        })
+        .await;
+        let mut aborted = record_for(&event, ErrorClass::Success);
+        aborted.status = InvocationStatus::Aborted;
+        assert!(
+            queue
+                .terminate(aborted, gracefully)
+                .await
+                .expect("terminate")
+        );
+        // Past the termination grace: an attempt that did not end was dropped.
+        run_until(Duration::from_secs(6), || false).await;
+        assert_eq!(queue.inner.lock().running_total, 0);
+        let record = queue
+            .inner
+            .store
+            .get_invocation("r1")
+            .await
+            .expect("read")
+            .expect("record");
+        assert_eq!(record.status, InvocationStatus::Aborted);
+        let kept = if ends && gracefully {
+            "cleaning up\n"
+        } else {
+            ""
+        };
+        assert_eq!(record.log, kept, "ends {ends}, gracefully {gracefully}");
+        queue.shutdown().await;
+    }
 }
 
 #[tokio::test(start_paused = true)]

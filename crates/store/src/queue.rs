@@ -350,6 +350,23 @@ impl Store {
         .await
     }
 
+    /// Puts `log`, what a gracefully terminated attempt wrote until it ended, into the
+    /// event's `ABORTED` record. Returns false when there is no such record.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub async fn add_aborted_log(&self, request_id: &str, log: String) -> Result<bool, StoreError> {
+        let request_id = request_id.to_owned();
+        self.with(move |conn| {
+            let updated = conn.execute(
+                "UPDATE invocations SET log = ?2 WHERE request_id = ?1 AND status = 'ABORTED'",
+                params![request_id, log],
+            )?;
+            Ok(updated > 0)
+        })
+        .await
+    }
+
     /// Whether an event is still pending (queued or leased).
     ///
     /// # Errors

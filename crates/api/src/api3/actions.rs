@@ -749,12 +749,12 @@ async fn terminate_async_event(state: &ApiState, mut input: Input) -> Answer {
     let name = input.required("FunctionName")?;
     let request_id = input.required("InvokeRequestId")?;
     let namespace = namespace(&mut input)?;
-    // Termination always kills at once; a graceful SIGTERM is not offered.
-    input.flag("GraceShutdown")?;
+    // SCF: true sends the function SIGTERM and lets it end of its own accord.
+    let gracefully = input.flag("GraceShutdown")?.unwrap_or(false);
     input.finish()?;
     state
         .platform
-        .terminate_async_event(&namespace, &name, &request_id)
+        .terminate_async_event(&namespace, &name, &request_id, gracefully)
         .await?;
     Ok(Map::new())
 }
