@@ -757,64 +757,6 @@ mod tests {
         );
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn attempts_and_records_written_at_once_are_each_answered() {
-        let (_dir, store) = open();
-        let ids: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
-        store
-            .accept_async_events(ids.iter().map(|id| event(id, "f", 1)).collect())
-            .await
-            .expect("accept");
-        store
-            .lease_due_events(5, 100, 40, any)
-            .await
-            .expect("lease");
-        // Half the events finish, while as many synchronous records and attempts of events
-        // that are not pending arrive at the writer at the same time.
-        let mut writes = tokio::task::JoinSet::new();
-        for (i, id) in ids.iter().enumerate() {
-            let store = store.clone();
-            let id = id.clone();
-            writes.spawn(async move {
-                if i % 2 == 0 {
-                    let done = record(&id, "f", InvocationStatus::Finished);
-                    let pending = store
-                        .record_attempt(attempt(1, 0), done, AttemptFate::Finish)
-                        .await
-                        .expect("attempt");
-                    assert!(pending, "{id} was pending");
-                } else {
-                    let ghost = record(&format!("ghost-{id}"), "f", InvocationStatus::Finished);
-                    let pending = store
-                        .record_attempt(attempt(1, 0), ghost, AttemptFate::Finish)
-                        .await
-                        .expect("attempt");
-                    assert!(!pending, "ghost-{id} was never accepted");
-                    let mut sync = record(&format!("sync-{id}"), "f", InvocationStatus::Finished);
-                    sync.invoke_type = InvokeType::RequestResponse;
-                    store.record_invocation(sync).await.expect("record");
-                }
-            });
-        }
-        while let Some(joined) = writes.join_next().await {
-            joined.expect("write task");
-        }
-        for (i, id) in ids.iter().enumerate() {
-            let pending = store.is_event_pending(id).await.expect("pending");
-            assert_eq!(pending, i % 2 == 1, "{id}");
-            let got = |id: String| {
-                let store = store.clone();
-                async move { store.get_invocation(&id).await.expect("read") }
-            };
-            if i % 2 == 0 {
-                assert_eq!(store.list_attempts(id).await.expect("attempts").len(), 1);
-            } else {
-                assert!(got(format!("ghost-{id}")).await.is_none());
-                assert!(got(format!("sync-{id}")).await.is_some());
-            }
-        }
-    }
-
     #[tokio::test]
     async fn retry_finish_and_dead_letter_move_the_event() {
         let (_dir, store) = open();
