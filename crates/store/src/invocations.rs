@@ -4,10 +4,11 @@
 //! transaction that stores its final invocation record, so that a restart finds exactly the
 //! events that were accepted and not finished.
 
+use std::sync::{Arc, Mutex, mpsc};
+
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, params};
 
-use crate::writer::Write;
 use crate::{Store, StoreError};
 
 /// How an invocation was requested.
@@ -204,6 +205,62 @@ fn decode((mut record, invoke_type, status): RawRecord) -> Result<InvocationReco
     Ok(record)
 }
 
+/// A record waiting for the writer, and where to say it was committed.
+pub(crate) struct PendingRecord {
+    record: InvocationRecord,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// Most records committed in one transaction.
+const MAX_RECORD_BATCH: usize = 256;
+
+/// Starts the writer thread of synchronous invocation records. It ends when every sender
+/// (every clone of the [`Store`]) is gone.
+pub(crate) fn start_record_writer(
+    conn: Arc<Mutex<rusqlite::Connection>>,
+) -> std::io::Result<mpsc::Sender<PendingRecord>> {
+    let (sender, receiver) = mpsc::channel::<PendingRecord>();
+    std::thread::Builder::new()
+        .name("nimbus-store-writer".into())
+        .spawn(move || {
+            while let Ok(first) = receiver.recv() {
+                let mut batch = vec![first];
+                while batch.len() < MAX_RECORD_BATCH {
+                    match receiver.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                write_batch(&mut conn, batch);
+            }
+        })?;
+    Ok(sender)
+}
+
+/// Commits `batch` in one transaction; if that fails, each record in a transaction of its own,
+/// so that one bad record fails only its own caller.
+fn write_batch(conn: &mut rusqlite::Connection, batch: Vec<PendingRecord>) {
+    let together = conn.transaction().and_then(|tx| {
+        for pending in &batch {
+            upsert(&tx, &pending.record)?;
+        }
+        tx.commit()
+    });
+    if together.is_ok() {
+        for pending in batch {
+            let _ = pending.done.send(Ok(()));
+        }
+        return;
+    }
+    for pending in batch {
+        let alone = upsert(conn, &pending.record)
+            .map(drop)
+            .map_err(StoreError::Sql);
+        let _ = pending.done.send(alone);
+    }
+}
+
 pub(crate) fn upsert(
     conn: &rusqlite::Connection,
     record: &InvocationRecord,
@@ -243,8 +300,8 @@ impl Store {
     /// thread (group commit); each caller still returns only once its record is committed.
     pub async fn record_invocation(&self, record: InvocationRecord) -> Result<(), StoreError> {
         let (done, committed) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(Write::Record { record, done })
+        self.records
+            .send(PendingRecord { record, done })
             .map_err(|_| StoreError::Task)?;
         committed.await.map_err(|_| StoreError::Task)?
     }

@@ -6,13 +6,13 @@
 //!
 //! ```text
 //!   api / control ──► Store (async methods) ──spawn_blocking──► Mutex<Connection> ──► nimbus.db
-//!   record_invocation, record_attempt ──channel──► writer thread: a batch per transaction ──┘
+//!   record_invocation ──channel──► writer thread: a batch per transaction ──┘
 //! ```
 //!
 //! Every method runs its SQL on tokio's blocking pool so that no request task waits on disk
-//! while holding a runtime thread, except the writes every invocation makes (a synchronous
-//! invocation's record, an async attempt's outcome): a writer thread commits whatever has
-//! arrived together in one transaction and then answers each caller. Times are stored as Unix milliseconds.
+//! while holding a runtime thread, except the records of synchronous invocations (one per
+//! call): a writer thread commits whatever has arrived together in one transaction and then
+//! answers each caller. Times are stored as Unix milliseconds.
 //!
 //! # Limitations
 //! - One connection behind a mutex serialises all statements. That is plenty for a laptop
@@ -27,7 +27,6 @@ mod invocations;
 mod namespaces;
 mod queue;
 mod schema;
-mod writer;
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -71,8 +70,8 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
-    /// The group-commit writer of invocation records and async attempts (see `writer.rs`).
-    writes: std::sync::mpsc::Sender<writer::Write>,
+    /// The group-commit writer of synchronous invocation records (see `invocations.rs`).
+    records: std::sync::mpsc::Sender<invocations::PendingRecord>,
     /// Functions read so far (see `functions.rs`): every invocation looks its function up.
     functions: Arc<functions::FunctionCache>,
 }
@@ -91,10 +90,11 @@ impl Store {
         let conn = Connection::open(path).map_err(open_error)?;
         schema::prepare(&conn).map_err(open_error)?;
         let conn = Arc::new(Mutex::new(conn));
-        let writes = writer::start(Arc::clone(&conn)).map_err(StoreError::Writer)?;
+        let records =
+            invocations::start_record_writer(Arc::clone(&conn)).map_err(StoreError::Writer)?;
         Ok(Store {
             conn,
-            writes,
+            records,
             functions: Arc::default(),
         })
     }

@@ -16,7 +16,6 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use crate::invocations::{InvocationRecord, upsert};
-use crate::writer::Write;
 use crate::{Store, StoreError};
 
 /// An async event as accepted.
@@ -307,25 +306,74 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Sql`].
-    ///
-    /// Like synchronous invocation records, attempts that end together are committed together
-    /// by the store's writer thread (see `writer.rs`).
     pub async fn record_attempt(
         &self,
         attempt: AttemptRecord,
         invocation: InvocationRecord,
         fate: AttemptFate,
     ) -> Result<bool, StoreError> {
-        let (done, committed) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(Write::Attempt {
-                attempt,
-                invocation,
-                fate,
-                done,
-            })
-            .map_err(|_| StoreError::Task)?;
-        committed.await.map_err(|_| StoreError::Task)?
+        self.with(move |conn| {
+            let tx = conn.transaction()?;
+            let request_id = invocation.request_id.clone();
+            let event: Option<QueuedEvent> = tx
+                .query_row(
+                    &format!("SELECT {EVENT_COLUMNS} FROM async_events WHERE request_id = ?1"),
+                    params![request_id],
+                    queued_from_row,
+                )
+                .optional()?;
+            let Some(event) = event else { return Ok(false) };
+            insert_attempt(&tx, &request_id, &attempt)?;
+            upsert(&tx, &invocation)?;
+            match fate {
+                AttemptFate::Retry {
+                    next_run_at,
+                    run_error,
+                } => {
+                    tx.execute(
+                        "UPDATE async_events SET state = 'queued', lease_until = 0, \
+                         attempts = attempts + 1, run_errors = run_errors + ?2, \
+                         next_run_at = ?3 WHERE request_id = ?1",
+                        params![request_id, i64::from(run_error), next_run_at],
+                    )?;
+                }
+                AttemptFate::Finish => {
+                    tx.execute(
+                        "DELETE FROM async_events WHERE request_id = ?1",
+                        params![request_id],
+                    )?;
+                }
+                AttemptFate::DeadLetter {
+                    error_code,
+                    error_message,
+                } => {
+                    tx.execute(
+                        "DELETE FROM async_events WHERE request_id = ?1",
+                        params![request_id],
+                    )?;
+                    tx.execute(
+                        &format!(
+                            "INSERT OR REPLACE INTO dead_letters ({DEAD_COLUMNS}) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                        ),
+                        params![
+                            request_id,
+                            event.event.namespace,
+                            event.event.function_name,
+                            event.event.event,
+                            event.event.accepted_time,
+                            attempt.end_time,
+                            event.attempts + 1,
+                            error_code,
+                            error_message,
+                        ],
+                    )?;
+                }
+            }
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
     }
 
     /// Removes a pending event and stores its final (aborted) record. Returns false when the
@@ -533,71 +581,12 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, event: &AsyncEvent) -> rusqlite:
     Ok(inserted == 1)
 }
 
-/// What [`Store::record_attempt`] writes, inside the writer's transaction.
-pub(crate) fn apply_attempt(
-    conn: &rusqlite::Connection,
-    attempt: &AttemptRecord,
-    invocation: &InvocationRecord,
-    fate: &AttemptFate,
-) -> rusqlite::Result<bool> {
-    let request_id = &invocation.request_id;
-    let event: Option<QueuedEvent> = conn
-        .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM async_events WHERE request_id = ?1"
-        ))?
-        .query_row(params![request_id], queued_from_row)
-        .optional()?;
-    let Some(event) = event else { return Ok(false) };
-    insert_attempt(conn, request_id, attempt)?;
-    upsert(conn, invocation)?;
-    match fate {
-        AttemptFate::Retry {
-            next_run_at,
-            run_error,
-        } => {
-            conn.prepare_cached(
-                "UPDATE async_events SET state = 'queued', lease_until = 0, \
-                 attempts = attempts + 1, run_errors = run_errors + ?2, \
-                 next_run_at = ?3 WHERE request_id = ?1",
-            )?
-            .execute(params![request_id, i64::from(*run_error), next_run_at])?;
-        }
-        AttemptFate::Finish => {
-            conn.prepare_cached("DELETE FROM async_events WHERE request_id = ?1")?
-                .execute(params![request_id])?;
-        }
-        AttemptFate::DeadLetter {
-            error_code,
-            error_message,
-        } => {
-            conn.prepare_cached("DELETE FROM async_events WHERE request_id = ?1")?
-                .execute(params![request_id])?;
-            conn.prepare_cached(&format!(
-                "INSERT OR REPLACE INTO dead_letters ({DEAD_COLUMNS}) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-            ))?
-            .execute(params![
-                request_id,
-                event.event.namespace,
-                event.event.function_name,
-                event.event.event,
-                event.event.accepted_time,
-                attempt.end_time,
-                event.attempts + 1,
-                error_code,
-                error_message,
-            ])?;
-        }
-    }
-    Ok(true)
-}
-
 fn insert_attempt(
-    conn: &rusqlite::Connection,
+    tx: &rusqlite::Transaction<'_>,
     request_id: &str,
     attempt: &AttemptRecord,
 ) -> rusqlite::Result<()> {
-    conn.prepare_cached(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO async_attempts (request_id, attempt, start_time, end_time, \
          ret_code, ret_msg, err_msg, duration_us, mem_usage, log) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
