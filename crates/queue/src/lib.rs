@@ -310,24 +310,25 @@ impl<E: Executor> Queue<E> {
         aborted: InvocationRecord,
         gracefully: bool,
     ) -> Result<bool, QueueError> {
-        let stop = self.inner.lock().stops.remove(&aborted.request_id);
         let request_id = aborted.request_id.clone();
         let key = (aborted.namespace.clone(), aborted.function_name.clone());
+        // The aborted record first: a gracefully stopped attempt adds its log to it, and
+        // whatever an attempt records as an attempt from now on is refused (the event is gone).
+        let removed = self.inner.store.abort_async_event(aborted).await?;
+        if !removed {
+            return Ok(false);
+        }
+        let stop = self.inner.lock().stops.remove(&request_id);
         if let Some(stop) = stop {
-            // Whatever the attempt task then records as an attempt is refused, because the
-            // event is gone by then.
             let _ = stop.send(if gracefully {
                 Stop::Gracefully
             } else {
                 Stop::Now
             });
         }
-        let removed = self.inner.store.abort_async_event(aborted).await?;
-        if removed {
-            self.inner.release_pending(&key);
-            tracing::info!(request_id, "async event terminated");
-        }
-        Ok(removed)
+        self.inner.release_pending(&key);
+        tracing::info!(request_id, "async event terminated");
+        Ok(true)
     }
 
     /// Queues a dead letter of `function` (namespace, name) again: `replay` builds the new event and its `RUNNING`
