@@ -15,10 +15,12 @@
 //! lets the instance die with it.
 //!
 //! Background work: one reaper task stops instances idle for longer than the keep-alive; one
-//! idle watcher, woken when an instance goes idle with processes an invocation left running,
-//! measures such instances at the memory watchdog's pace and stops any past its limit (a
-//! function's children are not frozen between invocations, as they are on SCF). Both hold
-//! only a weak reference, so dropping the last [`Engine`] ends them.
+//! freezer, woken when an instance goes idle, freezes it once it has been idle for
+//! [`EngineConfig::freeze_after`] (as SCF does; thawed by its next run); one idle watcher,
+//! woken when an instance goes idle with processes an invocation left running, measures such
+//! instances at the memory watchdog's pace and stops any past its limit (what holds those
+//! processes where no cgroup v2 lets the freezer work). All hold only a weak reference, so
+//! dropping the last [`Engine`] ends them.
 //!
 //! # Limitations
 //!
@@ -165,7 +167,9 @@ impl Engine {
         let Some(pid) = pid.and_then(|pid| i32::try_from(pid).ok()) else {
             return false;
         };
-        // The pid is registered only while its instance runs this invocation: not reused.
+        // The pid is registered only while its instance runs this invocation; a runtime that
+        // died meanwhile is unregistered as soon as the engine notices, before its pid could
+        // plausibly be given to another process.
         match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
             Ok(()) => true,
             Err(err) => {
