@@ -269,13 +269,11 @@ async fn refuses_events_past_the_pending_limit_and_duplicates() {
     queue.shutdown().await;
 }
 
-#[tokio::test(start_paused = true)]
-async fn terminate_stops_a_running_attempt_and_records_it_aborted() {
-    let script = Arc::new(Script {
-        hang: true,
-        ..Script::default()
-    });
-    let (_dir, queue) = start(&script, QueueConfig::default()).await;
+/// A queue running the attempt of event `r1` with `script`, and that event's aborted record.
+async fn running_attempt(
+    script: &Arc<Script>,
+) -> (tempfile::TempDir, Queue<Arc<Script>>, InvocationRecord) {
+    let (dir, queue) = start(script, QueueConfig::default()).await;
     let (event, record) = new_event(&queue, "r1", 2);
     queue.accept(event.clone(), record).await.expect("accept");
     run_until(Duration::from_secs(5), || {
@@ -284,6 +282,16 @@ async fn terminate_stops_a_running_attempt_and_records_it_aborted() {
     .await;
     let mut aborted = record_for(&event, ErrorClass::Success);
     aborted.status = InvocationStatus::Aborted;
+    (dir, queue, aborted)
+}
+
+#[tokio::test(start_paused = true)]
+async fn terminate_stops_a_running_attempt_and_records_it_aborted() {
+    let script = Arc::new(Script {
+        hang: true,
+        ..Script::default()
+    });
+    let (_dir, queue, aborted) = running_attempt(&script).await;
     assert!(
         queue
             .terminate(aborted.clone(), false)
@@ -310,15 +318,7 @@ async fn a_graceful_termination_interrupts_the_attempt_and_keeps_its_log() {
             on_interrupt: ends.then_some("cleaning up\n"),
             ..Script::default()
         });
-        let (_dir, queue) = start(&script, QueueConfig::default()).await;
-        let (event, record) = new_event(&queue, "r1", 2);
-        queue.accept(event.clone(), record).await.expect("accept");
-        run_until(Duration::from_secs(5), || {
-            !script.runs.lock().expect("lock").is_empty()
-        })
-        .await;
-        let mut aborted = record_for(&event, ErrorClass::Success);
-        aborted.status = InvocationStatus::Aborted;
+        let (_dir, queue, aborted) = running_attempt(&script).await;
         assert!(
             queue
                 .terminate(aborted, gracefully)
