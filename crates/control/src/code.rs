@@ -203,7 +203,7 @@ impl CodeStore {
         if self.is_stored(sha256) {
             return Ok(());
         }
-        self.stage(sha256, bytes)?.commit()
+        self.stage(sha256, bytes)?.commit(bytes)
     }
 
     /// Whether the package with this hash is stored.
@@ -219,10 +219,10 @@ impl CodeStore {
     pub fn stage(&self, sha256: &str, bytes: &[u8]) -> Result<Staged, ControlError> {
         let staging = tempfile_dir(&self.root)?;
         unpack(bytes, staging.path())?;
-        std::fs::write(self.root.join(format!("{sha256}.zip")), bytes)?;
         Ok(Staged {
             staging,
             target: self.code_dir(sha256),
+            zip: self.root.join(format!("{sha256}.zip")),
         })
     }
 
@@ -260,6 +260,8 @@ impl CodeStore {
 pub struct Staged {
     staging: StagingDir,
     target: PathBuf,
+    /// Where the package as uploaded is kept, written on commit.
+    zip: PathBuf,
 }
 
 impl Staged {
@@ -268,11 +270,13 @@ impl Staged {
         self.staging.path()
     }
 
-    /// Moves the package to its place in the store, in one rename.
+    /// Keeps `bytes`, the package as uploaded, and moves the unpacked package to its place in
+    /// the store, in one rename. Call it where removals of packages are locked out.
     ///
     /// # Errors
-    /// `ControlError::Io` when the rename fails.
-    pub fn commit(self) -> Result<(), ControlError> {
+    /// `ControlError::Io` when writing or the rename fails.
+    pub fn commit(self, bytes: &[u8]) -> Result<(), ControlError> {
+        std::fs::write(&self.zip, bytes)?;
         match std::fs::rename(self.staging.path(), &self.target) {
             Ok(()) => Ok(()),
             // Someone stored the same package meanwhile: theirs is as good as ours.
@@ -462,14 +466,16 @@ mod tests {
         std::fs::write(staged.path().join("added.pyc"), b"bytecode").expect("write");
         // Someone else stores the same package meanwhile: theirs stays.
         store.put(&sha, &package).expect("put");
-        staged.commit().expect("commit over a stored package");
+        staged
+            .commit(&package)
+            .expect("commit over a stored package");
         assert!(store.code_dir(&sha).join("index.py").is_file());
         assert!(!store.code_dir(&sha).join("added.pyc").exists());
         store.remove(&sha).expect("remove");
 
         let staged = store.stage(&sha, &package).expect("stage");
         std::fs::write(staged.path().join("added.pyc"), b"bytecode").expect("write");
-        staged.commit().expect("commit");
+        staged.commit(&package).expect("commit");
         assert!(store.code_dir(&sha).join("added.pyc").is_file());
         assert_eq!(
             std::fs::read_dir(dir.path().join("code"))

@@ -596,7 +596,7 @@ impl Control {
                 staged,
             } = package;
             match staged {
-                Some(staged) => staged.commit()?,
+                Some(staged) => staged.commit(&bytes)?,
                 // Removed since it was found stored: store it again, uncompiled.
                 None => store.put(&sha256, &bytes)?,
             }
