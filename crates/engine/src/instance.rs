@@ -449,8 +449,13 @@ impl Instance {
     /// Thaws a frozen instance, before it runs an invocation.
     pub(crate) fn thaw(&mut self) {
         if self.frozen {
-            if let Some(sandbox) = &self.sandbox {
-                sandbox.set_frozen(false);
+            let thawed = self
+                .sandbox
+                .as_ref()
+                .is_some_and(|sandbox| sandbox.set_frozen(false));
+            if !thawed {
+                // Still frozen: the invocation can only run into its timeout.
+                tracing::warn!(pid = self.pid, "cannot thaw a frozen instance");
             }
             self.frozen = false;
         }
