@@ -483,7 +483,8 @@ impl Platform {
             .await?)
     }
 
-    /// Runs an invocation and waits for it; the record is stored before this returns.
+    /// Runs an invocation and waits for it; its record is queued for the store before this
+    /// returns, and every later read of records sees it.
     ///
     /// # Errors
     /// `FunctionNotFound` or `Internal`. A function that fails is an `Ok` outcome.
@@ -509,10 +510,11 @@ impl Platform {
             start_time,
             bill_ms,
         );
+        // Queued, not awaited: the caller has no reason to wait for the log's commit, and
+        // every later read of invocation records waits for it.
         self.control
             .store()
             .record_invocation(entry)
-            .await
             .map_err(|e| internal(&e))?;
         Ok(SyncResult::new(outcome, bill_ms))
     }
@@ -552,6 +554,9 @@ impl Platform {
     pub async fn shutdown(&self) {
         self.queue.shutdown().await;
         self.engine.shutdown().await;
+        if let Err(error) = self.control.store().flush_records().await {
+            tracing::error!(error = %error, "invocation records may not all be stored");
+        }
     }
 
     fn spec(&self, record: &FunctionRecord) -> FunctionSpec {

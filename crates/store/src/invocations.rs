@@ -205,21 +205,23 @@ fn decode((mut record, invoke_type, status): RawRecord) -> Result<InvocationReco
     Ok(record)
 }
 
-/// A record waiting for the writer, and where to say it was committed.
-pub(crate) struct PendingRecord {
-    record: InvocationRecord,
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+/// What the writer thread of synchronous invocation records is sent.
+pub(crate) enum Pending {
+    /// A record to commit.
+    Record(InvocationRecord),
+    /// Answered once every record sent before it is committed (or has failed).
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Most records committed in one transaction.
 const MAX_RECORD_BATCH: usize = 256;
 
 /// Starts the writer thread of synchronous invocation records. It ends when every sender
-/// (every clone of the [`Store`]) is gone.
+/// (every clone of the [`Store`]) is gone, after committing what it was sent.
 pub(crate) fn start_record_writer(
     conn: Arc<Mutex<rusqlite::Connection>>,
-) -> std::io::Result<mpsc::Sender<PendingRecord>> {
-    let (sender, receiver) = mpsc::channel::<PendingRecord>();
+) -> std::io::Result<mpsc::Sender<Pending>> {
+    let (sender, receiver) = mpsc::channel::<Pending>();
     std::thread::Builder::new()
         .name("nimbus-store-writer".into())
         .spawn(move || {
@@ -231,33 +233,49 @@ pub(crate) fn start_record_writer(
                         Err(_) => break,
                     }
                 }
-                let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                write_batch(&mut conn, batch);
+                let mut records = Vec::with_capacity(batch.len());
+                let mut barriers = Vec::new();
+                for pending in batch {
+                    match pending {
+                        Pending::Record(record) => records.push(record),
+                        Pending::Barrier(done) => barriers.push(done),
+                    }
+                }
+                if !records.is_empty() {
+                    let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    write_batch(&mut conn, &records);
+                }
+                // Every record sent before a barrier is in this batch or an earlier one, so
+                // answering the barriers after the commit keeps their promise.
+                for done in barriers {
+                    let _ = done.send(());
+                }
             }
         })?;
     Ok(sender)
 }
 
-/// Commits `batch` in one transaction; if that fails, each record in a transaction of its own,
-/// so that one bad record fails only its own caller.
-fn write_batch(conn: &mut rusqlite::Connection, batch: Vec<PendingRecord>) {
+/// Commits `records` in one transaction; if that fails, each in a transaction of its own, so
+/// that one bad record loses only itself. A record that cannot be stored is logged: its caller
+/// has had its answer.
+fn write_batch(conn: &mut rusqlite::Connection, records: &[InvocationRecord]) {
     let together = conn.transaction().and_then(|tx| {
-        for pending in &batch {
-            upsert(&tx, &pending.record)?;
+        for record in records {
+            upsert(&tx, record)?;
         }
         tx.commit()
     });
     if together.is_ok() {
-        for pending in batch {
-            let _ = pending.done.send(Ok(()));
-        }
         return;
     }
-    for pending in batch {
-        let alone = upsert(conn, &pending.record)
-            .map(drop)
-            .map_err(StoreError::Sql);
-        let _ = pending.done.send(alone);
+    for record in records {
+        if let Err(error) = upsert(conn, record) {
+            tracing::error!(
+                request_id = %record.request_id,
+                error = %error,
+                "cannot store an invocation record"
+            );
+        }
     }
 }
 
@@ -291,19 +309,33 @@ pub(crate) fn upsert(
 }
 
 impl Store {
-    /// Stores a finished synchronous invocation.
+    /// Stores a finished synchronous invocation, behind the caller's back.
     ///
     /// # Errors
-    /// [`StoreError::Sql`].
+    /// [`StoreError::Task`] when the writer thread is gone.
     ///
-    /// Records that arrive together are committed together, in one transaction by one writer
-    /// thread (group commit); each caller still returns only once its record is committed.
-    pub async fn record_invocation(&self, record: InvocationRecord) -> Result<(), StoreError> {
-        let (done, committed) = tokio::sync::oneshot::channel();
+    /// The record is queued for the writer thread, which commits whatever has arrived together
+    /// in one transaction (group commit), and the caller goes on without waiting: the function
+    /// has already answered, and its caller should not wait for the log. Reads of invocation
+    /// records first wait for every record queued before them ([`Store::flush_records`]),
+    /// so a record is visible to any read that starts after this returns.
+    pub fn record_invocation(&self, record: InvocationRecord) -> Result<(), StoreError> {
         self.records
-            .send(PendingRecord { record, done })
+            .send(Pending::Record(record))
+            .map_err(|_| StoreError::Task)
+    }
+
+    /// Waits until every record queued by [`Store::record_invocation`] before this call is
+    /// committed (or has failed, which the writer logs).
+    ///
+    /// # Errors
+    /// [`StoreError::Task`] when the writer thread is gone.
+    pub async fn flush_records(&self) -> Result<(), StoreError> {
+        let (done, flushed) = tokio::sync::oneshot::channel();
+        self.records
+            .send(Pending::Barrier(done))
             .map_err(|_| StoreError::Task)?;
-        committed.await.map_err(|_| StoreError::Task)?
+        flushed.await.map_err(|_| StoreError::Task)
     }
 
     /// Reads one invocation record by request id.
@@ -314,6 +346,7 @@ impl Store {
         &self,
         request_id: &str,
     ) -> Result<Option<InvocationRecord>, StoreError> {
+        self.flush_records().await?;
         let request_id = request_id.to_owned();
         self.with(move |conn| {
             let row = conn
@@ -336,6 +369,7 @@ impl Store {
         &self,
         query: InvocationQuery,
     ) -> Result<(u64, Vec<InvocationRecord>), StoreError> {
+        self.flush_records().await?;
         self.with(move |conn| {
             let (filter, mut values) = filter_clause(&query);
             let total: u64 = conn.query_row(
@@ -458,18 +492,15 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_records_are_each_committed_before_their_caller_returns() {
+    async fn a_record_is_visible_to_every_read_that_starts_after_it_is_queued() {
         let (_dir, store) = open();
         let mut callers = tokio::task::JoinSet::new();
         for n in 0..200 {
             let store = store.clone();
             callers.spawn(async move {
                 let id = format!("r{n}");
-                store
-                    .record_invocation(record(&id, n))
-                    .await
-                    .expect("record");
-                // Committed: readable the moment the call returns.
+                store.record_invocation(record(&id, n)).expect("record");
+                // Queued, not yet committed: the read waits for it.
                 let found = store.get_invocation(&id).await.expect("read");
                 assert_eq!(found.map(|r| r.start_time), Some(n));
             });
@@ -495,7 +526,7 @@ mod tests {
             if code != 0 {
                 entry.status = InvocationStatus::Failed;
             }
-            store.record_invocation(entry).await.expect("record");
+            store.record_invocation(entry).expect("record");
         }
         let ids = |rows: Vec<InvocationRecord>| {
             rows.into_iter().map(|r| r.request_id).collect::<Vec<_>>()
@@ -572,7 +603,7 @@ mod tests {
         for (id, duration_us) in [("a", 30), ("b", 10), ("c", 20)] {
             let mut entry = record(id, 1);
             entry.duration_us = duration_us;
-            store.record_invocation(entry).await.expect("record");
+            store.record_invocation(entry).expect("record");
         }
         let by_duration = InvocationQuery {
             order_by: InvocationOrder::Duration,

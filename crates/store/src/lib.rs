@@ -11,13 +11,17 @@
 //!
 //! Every method runs its SQL on tokio's blocking pool so that no request task waits on disk
 //! while holding a runtime thread, except the records of synchronous invocations (one per
-//! call): a writer thread commits whatever has arrived together in one transaction and then
-//! answers each caller. Times are stored as Unix milliseconds.
+//! call): those are queued for a writer thread, which commits whatever has arrived together in
+//! one transaction. Their callers do not wait for it; reads of invocation records do, so every
+//! read sees the records queued before it. Times are stored as Unix milliseconds.
 //!
 //! # Limitations
 //! - One connection behind a mutex serialises all statements. That is plenty for a laptop
 //!   node; a connection pool (or the PostgreSQL backend from `DESIGN.md`) is the way past it.
 //! - There is no store trait yet: SQLite is the only backend.
+//! - A synchronous invocation's record waits in memory for its batch's commit, which follows
+//!   within a transaction's time: if the process dies in that window, the record is lost
+//!   (the invocation itself had already answered its caller).
 //! - Function rows are cached in memory once read, which is coherent only while this process
 //!   is the database's one writer (as it is: one server per data directory). Several nodes
 //!   sharing a database would need the cache invalidated across them.
@@ -71,7 +75,7 @@ pub enum StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     /// The group-commit writer of synchronous invocation records (see `invocations.rs`).
-    records: std::sync::mpsc::Sender<invocations::PendingRecord>,
+    records: std::sync::mpsc::Sender<invocations::Pending>,
     /// Functions read so far (see `functions.rs`): every invocation looks its function up.
     functions: Arc<functions::FunctionCache>,
 }
