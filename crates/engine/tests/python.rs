@@ -317,7 +317,21 @@ async fn exception_is_430_with_stack_trace() {
     assert_eq!(body["requestId"], "r-exc");
     assert_eq!(body["errorMessage"], "user code exception caught");
     let trace = body["stackTrace"].as_str().expect("stack trace");
-    assert!(trace.contains("ValueError: boom"), "{trace}");
+    assert!(trace.ends_with("ValueError: boom"), "{trace}");
+    // SCF's text exactly: compact, keys in its order (serde_json's maps sort them, and SCF's
+    // order is alphabetical).
+    let InvocationResult::Failed { err_msg, .. } = &outcome.result else {
+        unreachable!("error() checked it failed")
+    };
+    let expected = serde_json::to_string(&serde_json::json!({
+        "errorCode": -1,
+        "errorMessage": "user code exception caught",
+        "requestId": "r-exc",
+        "stackTrace": trace,
+        "statusCode": 430,
+    }))
+    .expect("encode");
+    assert_eq!(err_msg, &expected);
     assert_trace_starts_in_user_code(trace);
     assert!(outcome.log.contains("ValueError: boom"), "{}", outcome.log);
 

@@ -116,15 +116,14 @@ def _flush_output():
 
 
 def _error(status_code, request_id, message, stack_trace=None):
-    body = {
-        "errorCode": -1,
-        "errorMessage": message,
-        "requestId": request_id,
-        "statusCode": status_code,
-    }
+    """An error reply. Its body is SCF's, to the byte: compact JSON, keys in SCF's order, the
+    stack trace without the log's final newline."""
+    body = {"errorCode": -1, "errorMessage": message, "requestId": request_id}
     if stack_trace is not None:
-        body["stackTrace"] = stack_trace
-    return {"ok": False, "status_code": status_code, "err_msg": json.dumps(body)}
+        body["stackTrace"] = stack_trace.rstrip("\n")
+    body["statusCode"] = status_code
+    err_msg = json.dumps(body, separators=(",", ":"))
+    return {"ok": False, "status_code": status_code, "err_msg": err_msg}
 
 
 class _HandlerError(Exception):
