@@ -5,7 +5,8 @@
 //! - interpreter start-up: `<real python3> -S -c pass` and `node -e 0`, clean environment;
 //! - fork+exec of `/bin/true`;
 //! - SQLite's one-flush-per-row insert rate (WAL, `synchronous=FULL`, one transaction per row);
-//! - the PSS of a fresh, idle `python3 -S` interpreter.
+//! - the PSS of a fresh, idle `python3 -S` interpreter (measured by the memory scenario, beside
+//!   the server whose instance it is compared with).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

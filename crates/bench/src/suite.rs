@@ -447,27 +447,6 @@ impl Suite {
             }
         }
 
-        if self.wants("baseline.python_fresh_pss") {
-            let title = "PSS of a fresh python3 -S (sleeping)";
-            if let Some(python) = self.python.clone() {
-                let (samples, failures) = blocking(move || {
-                    baselines::fresh_python_pss(&python, budget.rounds, budget.pss_settle)
-                })
-                .await;
-                self.push(
-                    Outcome::new("baseline.python_fresh_pss", title, Group::Baseline)
-                        .with_pss(&samples)
-                        .with_failures(failures),
-                );
-            } else {
-                self.push(Outcome::skipped(
-                    "baseline.python_fresh_pss",
-                    title,
-                    Group::Baseline,
-                    "python3 not found",
-                ));
-            }
-        }
         Ok(())
     }
 
@@ -621,40 +600,68 @@ impl Suite {
     // Memory of an idle warm instance
     // -----------------------------------------------------------------------------------------
 
+    /// The idle instance and its baseline, a fresh interpreter, are measured in the same
+    /// rounds while the same server runs: both then share the interpreter's file-backed
+    /// pages with the same neighbours (the server's spares), which PSS divides among them.
+    /// A baseline measured alone would own all of those pages and look larger.
     async fn memory_group(&mut self) -> anyhow::Result<()> {
         let id = "memory.python.idle_pss";
-        if !self.wants(id) {
+        let baseline_id = "baseline.python_fresh_pss";
+        if !self.wants_any(&[id, baseline_id]) {
             return Ok(());
         }
         let title = "PSS of an idle warm Python instance";
+        let baseline_title = "PSS of a fresh python3 -S (sleeping), beside the server";
         let server = self.start_server("memory", ServerConfig::default())?;
         let mut client = Client::new(server.target(&self.credentials));
         let mut samples = vec![Vec::new(); self.budget.rounds];
+        let mut fresh = vec![Vec::new(); self.budget.rounds];
         let mut failures = Failures::default();
-        for (round, sample) in samples.iter_mut().enumerate() {
+        let mut fresh_failures = Failures::default();
+        for round in 0..self.budget.rounds {
             let name = format!("memory-python-{round}");
             let uid = match deploy_uid_reporter(&mut client, &name).await {
                 Ok(()) => uid_of(&mut client, &name).await,
                 Err(error) => Err(error),
             };
-            let uid = match uid {
-                Ok(uid) => uid,
-                Err(error) => {
-                    failures.add(error.reason());
-                    continue;
+            match uid {
+                Ok(uid) => {
+                    tokio::time::sleep(self.budget.pss_settle).await;
+                    let instance = process::instance_processes(server.pid(), uid);
+                    let kib: u64 = instance
+                        .iter()
+                        .filter_map(|pid| process::pss_kib(*pid))
+                        .sum();
+                    if instance.is_empty() || kib == 0 {
+                        failures
+                            .add("no process appeared under the server for the instance".into());
+                    } else {
+                        samples[round].push(kib as f64 / 1024.0);
+                    }
                 }
-            };
-            tokio::time::sleep(self.budget.pss_settle).await;
-            let instance = process::instance_processes(server.pid(), uid);
-            let kib: u64 = instance
-                .iter()
-                .filter_map(|pid| process::pss_kib(*pid))
-                .sum();
-            if instance.is_empty() || kib == 0 {
-                failures.add("no process appeared under the server for the instance".into());
-            } else {
-                sample.push(kib as f64 / 1024.0);
+                Err(error) => failures.add(error.reason()),
             }
+            if let Some(python) = self.python.clone() {
+                let settle = self.budget.pss_settle;
+                let (mut one, more) =
+                    blocking(move || baselines::fresh_python_pss(&python, 1, settle)).await;
+                fresh[round].append(&mut one[0]);
+                fresh_failures.merge(more);
+            }
+        }
+        if self.python.is_some() {
+            self.push(
+                Outcome::new(baseline_id, baseline_title, Group::Baseline)
+                    .with_pss(&fresh)
+                    .with_failures(fresh_failures),
+            );
+        } else {
+            self.push(Outcome::skipped(
+                baseline_id,
+                baseline_title,
+                Group::Baseline,
+                "python3 not found",
+            ));
         }
         let mut outcome = Outcome::new(id, title, Group::Nimbus)
             .with_pss(&samples)
