@@ -515,6 +515,7 @@ impl Platform {
         self.control
             .store()
             .record_invocation(entry)
+            .await
             .map_err(|e| internal(&e))?;
         Ok(SyncResult::new(outcome, bill_ms))
     }

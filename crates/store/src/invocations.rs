@@ -4,6 +4,7 @@
 //! transaction that stores its final invocation record, so that a restart finds exactly the
 //! events that were accepted and not finished.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
 use rusqlite::types::Value;
@@ -216,12 +217,25 @@ pub(crate) enum Pending {
 /// Most records committed in one transaction.
 const MAX_RECORD_BATCH: usize = 256;
 
+/// Most records that may wait for the writer before a caller waits with them: this bounds the
+/// memory they hold when the disk falls behind.
+pub(crate) const MAX_WAITING_RECORDS: usize = 4096;
+
+/// The way to the writer thread, and how many records wait for it.
+#[derive(Clone)]
+pub(crate) struct RecordQueue {
+    sender: mpsc::Sender<Pending>,
+    waiting: Arc<AtomicUsize>,
+}
+
 /// Starts the writer thread of synchronous invocation records. It ends when every sender
 /// (every clone of the [`Store`]) is gone, after committing what it was sent.
 pub(crate) fn start_record_writer(
     conn: Arc<Mutex<rusqlite::Connection>>,
-) -> std::io::Result<mpsc::Sender<Pending>> {
+) -> std::io::Result<RecordQueue> {
     let (sender, receiver) = mpsc::channel::<Pending>();
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let written = Arc::clone(&waiting);
     std::thread::Builder::new()
         .name("nimbus-store-writer".into())
         .spawn(move || {
@@ -244,6 +258,7 @@ pub(crate) fn start_record_writer(
                 if !records.is_empty() {
                     let mut conn = conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     write_batch(&mut conn, &records);
+                    written.fetch_sub(records.len(), Ordering::Relaxed);
                 }
                 // Every record sent before a barrier is in this batch or an earlier one, so
                 // answering the barriers after the commit keeps their promise.
@@ -252,7 +267,7 @@ pub(crate) fn start_record_writer(
                 }
             }
         })?;
-    Ok(sender)
+    Ok(RecordQueue { sender, waiting })
 }
 
 /// Commits `records` in one transaction; if that fails, each in a transaction of its own, so
@@ -318,11 +333,18 @@ impl Store {
     /// in one transaction (group commit), and the caller goes on without waiting: the function
     /// has already answered, and its caller should not wait for the log. Reads of invocation
     /// records first wait for every record queued before them ([`Store::flush_records`]),
-    /// so a record is visible to any read that starts after this returns.
-    pub fn record_invocation(&self, record: InvocationRecord) -> Result<(), StoreError> {
+    /// so a record is visible to any read that starts after this returns. Only when
+    /// [`MAX_WAITING_RECORDS`] already wait does the caller wait for the writer too.
+    pub async fn record_invocation(&self, record: InvocationRecord) -> Result<(), StoreError> {
+        let waiting = self.records.waiting.fetch_add(1, Ordering::Relaxed) + 1;
         self.records
+            .sender
             .send(Pending::Record(record))
-            .map_err(|_| StoreError::Task)
+            .map_err(|_| StoreError::Task)?;
+        if waiting > MAX_WAITING_RECORDS {
+            self.flush_records().await?;
+        }
+        Ok(())
     }
 
     /// Waits until every record queued by [`Store::record_invocation`] before this call is
@@ -333,6 +355,7 @@ impl Store {
     pub async fn flush_records(&self) -> Result<(), StoreError> {
         let (done, flushed) = tokio::sync::oneshot::channel();
         self.records
+            .sender
             .send(Pending::Barrier(done))
             .map_err(|_| StoreError::Task)?;
         flushed.await.map_err(|_| StoreError::Task)
@@ -499,7 +522,10 @@ mod tests {
             let store = store.clone();
             callers.spawn(async move {
                 let id = format!("r{n}");
-                store.record_invocation(record(&id, n)).expect("record");
+                store
+                    .record_invocation(record(&id, n))
+                    .await
+                    .expect("record");
                 // Queued, not yet committed: the read waits for it.
                 let found = store.get_invocation(&id).await.expect("read");
                 assert_eq!(found.map(|r| r.start_time), Some(n));
@@ -510,6 +536,30 @@ mod tests {
         }
         let (total, _) = store.list_invocations(query()).await.expect("list");
         assert_eq!(total, 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_waits_for_the_writer_once_too_many_records_wait() {
+        let (_dir, store) = open();
+        // The writer cannot commit while the connection is held.
+        let held = store.conn.lock().expect("lock");
+        for n in 0..MAX_WAITING_RECORDS {
+            let id = format!("r{n}");
+            store
+                .record_invocation(record(&id, 0))
+                .await
+                .expect("queued without waiting");
+        }
+        let over = tokio::spawn({
+            let store = store.clone();
+            async move { store.record_invocation(record("over", 0)).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(!over.is_finished(), "the caller past the bound must wait");
+        drop(held);
+        over.await.expect("task").expect("recorded");
+        let (total, _) = store.list_invocations(query()).await.expect("list");
+        assert_eq!(total, MAX_WAITING_RECORDS as u64 + 1);
     }
 
     #[tokio::test]
@@ -526,7 +576,7 @@ mod tests {
             if code != 0 {
                 entry.status = InvocationStatus::Failed;
             }
-            store.record_invocation(entry).expect("record");
+            store.record_invocation(entry).await.expect("record");
         }
         let ids = |rows: Vec<InvocationRecord>| {
             rows.into_iter().map(|r| r.request_id).collect::<Vec<_>>()
@@ -603,7 +653,7 @@ mod tests {
         for (id, duration_us) in [("a", 30), ("b", 10), ("c", 20)] {
             let mut entry = record(id, 1);
             entry.duration_us = duration_us;
-            store.record_invocation(entry).expect("record");
+            store.record_invocation(entry).await.expect("record");
         }
         let by_duration = InvocationQuery {
             order_by: InvocationOrder::Duration,

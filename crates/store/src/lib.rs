@@ -75,7 +75,7 @@ pub enum StoreError {
 pub struct Store {
     conn: Arc<Mutex<Connection>>,
     /// The group-commit writer of synchronous invocation records (see `invocations.rs`).
-    records: std::sync::mpsc::Sender<invocations::Pending>,
+    records: invocations::RecordQueue,
     /// Functions read so far (see `functions.rs`): every invocation looks its function up.
     functions: Arc<functions::FunctionCache>,
 }
