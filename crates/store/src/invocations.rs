@@ -541,8 +541,18 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_waits_for_the_writer_once_too_many_records_wait() {
         let (_dir, store) = open();
-        // The writer cannot commit while the connection is held.
-        let held = store.conn.lock().expect("lock");
+        // The writer cannot commit while another thread holds the connection.
+        let (release, released) = mpsc::channel::<()>();
+        let (locked, is_locked) = mpsc::channel::<()>();
+        let holder = std::thread::spawn({
+            let conn = Arc::clone(&store.conn);
+            move || {
+                let _held = conn.lock().expect("lock");
+                locked.send(()).expect("test waits");
+                let _ = released.recv();
+            }
+        });
+        is_locked.recv().expect("holder locked");
         for n in 0..MAX_WAITING_RECORDS {
             let id = format!("r{n}");
             store
@@ -556,7 +566,8 @@ mod tests {
         });
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         assert!(!over.is_finished(), "the caller past the bound must wait");
-        drop(held);
+        release.send(()).expect("holder waits");
+        holder.join().expect("holder");
         over.await.expect("task").expect("recorded");
         let (total, _) = store.list_invocations(query()).await.expect("list");
         assert_eq!(total, MAX_WAITING_RECORDS as u64 + 1);
