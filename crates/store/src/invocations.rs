@@ -217,6 +217,9 @@ pub(crate) enum Pending {
 /// Most records committed in one transaction.
 const MAX_RECORD_BATCH: usize = 256;
 
+/// How long the writer gathers records for one transaction after the first arrives.
+const GATHER_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+
 /// Most records that may wait for the writer before a caller waits with them: this bounds the
 /// memory they hold when the disk falls behind.
 pub(crate) const MAX_WAITING_RECORDS: usize = 4096;
@@ -240,6 +243,14 @@ pub(crate) fn start_record_writer(
         .name("nimbus-store-writer".into())
         .spawn(move || {
             while let Ok(first) = receiver.recv() {
+                // No caller waits for its record, so the batch may gather for a moment: one
+                // transaction for many records costs little more than for one. The writer
+                // sleeps rather than listens meanwhile, so senders wake no one. A reader's
+                // barrier that arrives first is answered at once; one that arrives during the
+                // moment waits for it.
+                if matches!(first, Pending::Record(_)) {
+                    std::thread::sleep(GATHER_WINDOW);
+                }
                 let mut batch = vec![first];
                 while batch.len() < MAX_RECORD_BATCH {
                     match receiver.try_recv() {
