@@ -566,8 +566,13 @@ impl Platform {
 }
 
 /// A fresh request id (UUID v4, SCF's format).
+///
+/// The bytes come from the thread's CSPRNG (seeded from the OS), not from a `getrandom`
+/// system call per id: every invocation takes two ids.
 pub fn new_request_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+    uuid::Builder::from_random_bytes(rand::random())
+        .into_uuid()
+        .to_string()
 }
 
 fn invocation_record(
@@ -820,6 +825,18 @@ fn failed_attempt(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_ids_are_distinct_uuid_v4s() {
+        let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in ids {
+            let uuid = uuid::Uuid::parse_str(&id).expect("a UUID");
+            assert_eq!(uuid.get_version(), Some(uuid::Version::Random), "{id}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id.len(), 36, "hyphenated, as SCF's: {id}");
+        }
+    }
 
     #[test]
     fn legacy_billing_rounds_up_to_100_ms() {
