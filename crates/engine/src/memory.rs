@@ -158,6 +158,9 @@ impl PeakMeter {
     }
 
     /// The peak since the last reset, in bytes.
+    ///
+    /// Reads only as far as the `VmHWM` line: it comes early, so one read usually ends it
+    /// without the second that would find the end of the file.
     pub(crate) fn peak_bytes(&mut self) -> io::Result<u64> {
         use std::os::unix::fs::FileExt;
         self.buffer.clear();
@@ -168,14 +171,22 @@ impl PeakMeter {
                 0 => break,
                 n => self.buffer.extend_from_slice(&chunk[..n]),
             }
+            if let Some(bytes) = parse_vm_hwm(&self.buffer) {
+                return Ok(bytes);
+            }
         }
-        let status = String::from_utf8_lossy(&self.buffer);
-        parse_vm_hwm(&status).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmHWM"))
+        parse_vm_hwm(&self.buffer)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmHWM"))
     }
 }
 
-fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+/// `VmHWM` in bytes, once its whole line is in `status`. Only a line that starts with it
+/// counts: the `Name:` line shows a name the function chooses.
+fn parse_vm_hwm(status: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b"\nVmHWM:";
+    let start = status.windows(KEY.len()).position(|w| w == KEY)? + 1;
+    let rest = &status[start..];
+    let line = std::str::from_utf8(&rest[..rest.iter().position(|&b| b == b'\n')?]).ok()?;
     let mut words = line["VmHWM:".len()..].split_whitespace();
     let value: u64 = words.next()?.parse().ok()?;
     match words.next() {
@@ -380,13 +391,22 @@ mod tests {
 
     #[test]
     fn parses_vm_hwm_in_kilobytes() {
-        let status = "Name:\tpython3\nVmPeak:\t  20000 kB\nVmHWM:\t    9876 kB\nVmRSS:\t 9000 kB\n";
+        let status =
+            b"Name:\tpython3\nVmPeak:\t  20000 kB\nVmHWM:\t    9876 kB\nVmRSS:\t 9000 kB\n";
         assert_eq!(parse_vm_hwm(status), Some(9876 * 1024));
     }
 
     #[test]
-    fn missing_vm_hwm_is_none() {
-        assert_eq!(parse_vm_hwm("Name:\tzombie\nState:\tZ (zombie)\n"), None);
+    fn missing_or_cut_vm_hwm_is_none() {
+        assert_eq!(parse_vm_hwm(b"Name:\tzombie\nState:\tZ (zombie)\n"), None);
+        // Not yet the whole line: the caller reads on.
+        assert_eq!(parse_vm_hwm(b"Name:\tpython3\nVmHWM:\t    98"), None);
+    }
+
+    #[test]
+    fn a_process_name_cannot_pose_as_vm_hwm() {
+        let status = b"Name:\tVmHWM:\t1 kB\nVmHWM:\t    9876 kB\n";
+        assert_eq!(parse_vm_hwm(status), Some(9876 * 1024));
     }
 
     #[test]
