@@ -176,6 +176,29 @@ async fn site_packages_are_importable_without_running_site() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_larger_than_one_read_arrive_whole() {
+    // The shim reads 64 KiB at a time: a 3 MB event takes many reads, and the small event
+    // after it must not see any of its bytes.
+    let fixture = Fixture::new(
+        "def main_handler(event, context):\n    return [len(event['text']), event['text'][-3:]]\n",
+    );
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("sizes");
+    for (id, text) in [
+        ("small", "abc".to_owned()),
+        ("large", format!("{}xyz", "a".repeat(3 << 20))),
+        ("again", "def".to_owned()),
+    ] {
+        let outcome = engine
+            .invoke(&spec, request(id, serde_json::json!({ "text": text })))
+            .await;
+        let tail = &text[text.len() - 3..];
+        assert_eq!(ret(&outcome), serde_json::json!([text.len(), tail]), "{id}");
+    }
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn string_return_value_is_json_encoded() {
     let fixture = Fixture::new("def main_handler(event, context):\n    return 'hi'\n");
     let engine = fixture.engine().await;

@@ -55,6 +55,7 @@ import sys
 
 _HEADER = struct.Struct(">I")
 _RECV_CHUNK = 1 << 20
+_FIRST_READ = 1 << 16
 
 
 def _add_site_packages():
@@ -85,14 +86,40 @@ def _recv_exact(fd, size):
     return b"".join(chunks)
 
 
-def _recv_frame(fd):
-    header = _recv_exact(fd, _HEADER.size)
-    if header is None:
-        return None
-    payload = _recv_exact(fd, _HEADER.unpack(header)[0])
-    if payload is None:
-        return None
-    return json.loads(payload)
+class _Frames:
+    """Frames from the control socket. A read asks for more than a header, so that a whole
+    small frame takes one system call; bytes past the frame wait for the next call."""
+
+    def __init__(self, fd):
+        self._fd = fd
+        self._pending = b""
+
+    def _fill(self, size):
+        """At least `size` bytes pending; False at end of stream."""
+        if len(self._pending) >= size:
+            return True
+        if not self._pending:
+            chunk = os.read(self._fd, _FIRST_READ)
+            if not chunk:
+                return False
+            self._pending = chunk
+            if len(chunk) >= size:
+                return True
+        rest = _recv_exact(self._fd, size - len(self._pending))
+        if rest is None:
+            return False
+        self._pending += rest
+        return True
+
+    def next(self):
+        """The next frame's message, or None at end of stream."""
+        if not self._fill(_HEADER.size):
+            return None
+        end = _HEADER.size + _HEADER.unpack_from(self._pending)[0]
+        if not self._fill(end):
+            return None
+        payload, self._pending = self._pending[_HEADER.size : end], self._pending[end:]
+        return json.loads(payload)
 
 
 def _write_all(fd, data):
@@ -262,7 +289,7 @@ def _refine_runtime_name():
         os.environ["SCF_RUNTIME"] = "Python%d.%d" % sys.version_info[:2]
 
 
-def _await_assignment(sock):
+def _await_assignment(sock, frames):
     """A spare: started before its function was known, with the largest limits and an empty
     code directory. Says so, then waits until a function claims it: by then the engine has
     mounted the function's code; the shim lowers its limits to the function's, takes the
@@ -274,7 +301,7 @@ def _await_assignment(sock):
     # now rather than when the handler module is imported.
     compile("def handler(event, context):\n    return {'ok': event}\n", "<spare>", "exec")
     _send_frame(sock, {"spare": True})
-    frame = _recv_frame(sock)
+    frame = frames.next()
     if frame is None:
         return False
     assignment = frame["assign"]
@@ -304,7 +331,8 @@ def main():
     sys.path[0] = code_root  # replace this shim's own directory
     _add_site_packages()
     sock = _take_control_socket()
-    if spare and not _await_assignment(sock):
+    frames = _Frames(sock)
+    if spare and not _await_assignment(sock, frames):
         os._exit(0)
     _refine_runtime_name()
     runner = _Runner(os.environ.get("_HANDLER", ""))
@@ -313,7 +341,7 @@ def main():
     try:
         _send_frame(sock, {"ready": True})
         while True:
-            frame = _recv_frame(sock)
+            frame = frames.next()
             if frame is None:
                 break
             reply = runner.invoke(frame)
