@@ -75,50 +75,41 @@ def _take_control_socket():
     return control_fd
 
 
-def _recv_exact(fd, size):
-    chunks = []
+def _recv_chunks(fd, size, chunks):
+    """Appends the next `size` bytes to `chunks`; False at end of stream."""
     while size:
         chunk = os.read(fd, min(size, _RECV_CHUNK))
         if not chunk:
-            return None
+            return False
         chunks.append(chunk)
         size -= len(chunk)
-    return b"".join(chunks)
+    return True
 
 
 class _Frames:
     """Frames from the control socket. A read asks for more than a header, so that a whole
-    small frame takes one system call; bytes past the frame wait for the next call."""
+    small frame takes one system call; bytes past the frame wait for the next call. A large
+    frame's bytes are joined once, as they would be without the first read."""
 
     def __init__(self, fd):
         self._fd = fd
         self._pending = b""
 
-    def _fill(self, size):
-        """At least `size` bytes pending; False at end of stream."""
-        if len(self._pending) >= size:
-            return True
-        if not self._pending:
-            chunk = os.read(self._fd, _FIRST_READ)
-            if not chunk:
-                return False
-            self._pending = chunk
-            if len(chunk) >= size:
-                return True
-        rest = _recv_exact(self._fd, size - len(self._pending))
-        if rest is None:
-            return False
-        self._pending += rest
-        return True
-
     def next(self):
         """The next frame's message, or None at end of stream."""
-        if not self._fill(_HEADER.size):
-            return None
+        while len(self._pending) < _HEADER.size:
+            chunk = os.read(self._fd, _FIRST_READ)
+            if not chunk:
+                return None
+            self._pending += chunk
         end = _HEADER.size + _HEADER.unpack_from(self._pending)[0]
-        if not self._fill(end):
-            return None
-        payload, self._pending = self._pending[_HEADER.size : end], self._pending[end:]
+        if len(self._pending) >= end:
+            payload, self._pending = self._pending[_HEADER.size : end], self._pending[end:]
+        else:
+            chunks = [self._pending[_HEADER.size :]]
+            if not _recv_chunks(self._fd, end - len(self._pending), chunks):
+                return None
+            payload, self._pending = b"".join(chunks), b""
         return json.loads(payload)
 
 
