@@ -85,6 +85,8 @@ pub(crate) struct Instance {
     sandbox: Option<InstanceSandbox>,
     /// The fork-bomb report of the last invocation, taken by [`Instance::aftermath`].
     process_report: Option<String>,
+    /// The function's processes and threads counted with that report, taken with it.
+    tasks_counted: Option<u64>,
     /// While idle with processes an invocation left running: when their memory is measured
     /// next ([`Instance::idle_memory_exceeded`]). `None` when the runtime runs alone.
     idle_sample_at: Option<Instant>,
@@ -301,6 +303,7 @@ impl Instance {
             api,
             sandbox: Some(sandbox),
             process_report: None,
+            tasks_counted: None,
             idle_sample_at: None,
             frozen: false,
         };
@@ -381,6 +384,7 @@ impl Instance {
     pub(crate) fn aftermath(&mut self, timeout: Duration) -> Aftermath {
         self.inspect_processes();
         let note = self.process_report.take();
+        let tasks = self.tasks_counted.take();
         let worn_out = !self.reaped
             && self
                 .sandbox
@@ -394,7 +398,7 @@ impl Instance {
             && self
                 .sandbox
                 .as_ref()
-                .is_some_and(|sandbox| sandbox.runs_more_than_the_runtime(self.group));
+                .is_some_and(|sandbox| sandbox.runs_more_than_the_runtime(self.group, tasks));
         self.idle_sample_at = left_running.then(|| self.watchdog.first_sample_at().into());
         Aftermath {
             stop: note.is_some() || worn_out,
@@ -417,7 +421,7 @@ impl Instance {
                 let still = self
                     .sandbox
                     .as_ref()
-                    .is_some_and(|sandbox| sandbox.runs_more_than_the_runtime(self.group));
+                    .is_some_and(|sandbox| sandbox.runs_more_than_the_runtime(self.group, None));
                 self.idle_sample_at = still.then_some(now + pause);
                 Some(false)
             }
@@ -472,7 +476,9 @@ impl Instance {
             return;
         }
         if let Some(sandbox) = &self.sandbox {
-            self.process_report = sandbox.process_report(self.group);
+            let census = sandbox.census(self.group);
+            self.process_report = census.report;
+            self.tasks_counted = census.tasks;
         }
     }
 

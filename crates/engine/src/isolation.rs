@@ -366,29 +366,32 @@ impl InstanceSandbox {
         })
     }
 
-    /// One log line if the instance ran more processes and threads than one instance may (a
-    /// fork bomb, contained by `RLIMIT_NPROC` or `pids.max`); `None` otherwise. An instance
-    /// this reports on must be stopped.
-    pub(crate) fn process_report(&self, spawned: u32) -> Option<String> {
+    /// Counts the function's processes and threads, and checks for refused forks.
+    pub(crate) fn census(&self, spawned: u32) -> Census {
         let refused = self
             .pids_events
             .as_ref()
             .and_then(refused_forks)
             .unwrap_or(0);
-        let tasks = self.tasks(spawned).unwrap_or(0);
-        if tasks <= self.max_processes && refused == 0 {
-            return None;
-        }
-        Some(format!(
-            "Process limit reached: {tasks} processes and threads were running in this \
-             instance, which may run {}; the instance is stopped.",
-            self.max_processes
-        ))
+        let tasks = self.tasks(spawned);
+        let counted = tasks.unwrap_or(0);
+        let report = (counted > self.max_processes || refused > 0).then(|| {
+            format!(
+                "Process limit reached: {counted} processes and threads were running in this \
+                 instance, which may run {}; the instance is stopped.",
+                self.max_processes
+            )
+        });
+        Census { tasks, report }
     }
 
     /// Whether the instance runs other processes of the function besides its runtime (ones an
-    /// invocation started and left running).
-    pub(crate) fn runs_more_than_the_runtime(&self, spawned: u32) -> bool {
+    /// invocation started and left running). `tasks` is what a [`Census`] just counted, if
+    /// one did: a single task is the runtime's one thread, so nothing else can be running.
+    pub(crate) fn runs_more_than_the_runtime(&self, spawned: u32, tasks: Option<u64>) -> bool {
+        if tasks.is_some_and(|tasks| tasks <= 1) {
+            return false;
+        }
         if let Some(file) = &self.procs {
             let own = match self.isolation {
                 Isolation::Sandbox => SANDBOX_PROCESSES,
@@ -511,6 +514,17 @@ fn refused_forks(file: &std::fs::File) -> Option<u64> {
 }
 
 /// The lines of a kernel file read from its start through an open descriptor.
+/// What one look at an instance's processes found ([`InstanceSandbox::census`]).
+#[derive(Debug)]
+pub(crate) struct Census {
+    /// The function's processes and threads, if they could be counted.
+    pub(crate) tasks: Option<u64>,
+    /// One log line if the instance ran more processes and threads than one instance may (a
+    /// fork bomb, contained by `RLIMIT_NPROC` or `pids.max`). An instance with a report must
+    /// be stopped.
+    pub(crate) report: Option<String>,
+}
+
 fn count_lines(file: &std::fs::File) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let mut chunk = [0_u8; 4096];
