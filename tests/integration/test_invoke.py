@@ -14,6 +14,7 @@ from helpers import (
     finished_log,
     assert_ok,
     invoke_data,
+    make_zip,
     py_zip,
     toolbox_zip,
     unique_name,
@@ -328,6 +329,31 @@ def test_python_packages_are_compiled_when_stored(api):
     assert result["cached"].startswith("/var/user/__pycache__/helper."), result
     # The bytecode names its source where the instance sees it, not in the data directory.
     assert result["source"] == "/var/user/helper.py", result
+
+
+def test_a_package_first_stored_by_a_nodejs_function_is_compiled_for_python(api):
+    """Functions share a package when its bytes are the same. Its Python sources are compiled
+    when it is first stored, even by a Node.js function, so a Python function that uses it
+    later finds the bytecode."""
+    source = (
+        "import os, helper\n\n"
+        "def main_handler(event, context):\n"
+        "    return {'cached': helper.__cached__, 'exists': os.path.exists(helper.__cached__)}\n"
+    )
+    code = make_zip(
+        {
+            "index.js": "exports.main_handler = async () => ({ok: 1});\n",
+            "index.py": source,
+            "helper.py": "VALUE = 1\n",
+        }
+    )
+    node = unique_name("node")
+    assert_ok(api.create(node, code, runtime="Nodejs18.15"))
+    python = unique_name("py")
+    assert_ok(api.create(python, code))
+    result = json.loads(invoke_data(api.invoke(python, {}))["retMsg"])
+    assert result["cached"].startswith("/var/user/__pycache__/helper."), result
+    assert result["exists"], result
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@
 //! Instances see their code read-only, so Python cannot write the `__pycache__` files it
 //! would normally keep: without them every instance compiles every module it imports, again.
 //! For a package that brings `requests`, that is about 100 ms of each cold start (170–220 ms
-//! to import it without bytecode, 80–90 ms with). So when a Python function's package is
-//! stored, the host's interpreter (the one instances run) compiles it into the package's own
+//! to import it without bytecode, 80–90 ms with). So when a package with Python sources is
+//! stored, whichever runtime's function stores it (functions of other runtimes may share it),
+//! the host's interpreter (the one instances run) compiles it into the package's own
 //! `__pycache__` folders, where instances find it. It compiles in the package's staging
 //! folder, before the package is moved into place, so no instance and no removal of the
 //! package ever meets it half compiled.

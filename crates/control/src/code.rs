@@ -139,6 +139,13 @@ pub fn check_executable(bytes: &[u8], file: &str) -> Result<(), ControlError> {
     }
 }
 
+/// Whether the package holds Python source files (`.py`): those are compiled to bytecode when
+/// it is stored, whichever runtime's function stores it, since functions of any runtime may
+/// share a package. An unreadable archive holds none (checking it is another step's job).
+pub fn contains_python(bytes: &[u8]) -> bool {
+    open_archive(bytes).is_ok_and(|archive| archive.file_names().any(|name| name.ends_with(".py")))
+}
+
 fn open_archive(bytes: &[u8]) -> Result<zip::ZipArchive<Cursor<&[u8]>>, ControlError> {
     zip::ZipArchive::new(Cursor::new(bytes)).map_err(bad_zip)
 }
@@ -378,6 +385,19 @@ mod tests {
             ControlError::Invalid { code, .. } => code,
             other => panic!("unexpected error {other:?}"),
         }
+    }
+
+    #[test]
+    fn finds_python_sources_at_any_depth() {
+        assert!(contains_python(&zip_of(&[
+            ("index.js", "x"),
+            ("lib/helper.py", "")
+        ])));
+        assert!(!contains_python(&zip_of(&[
+            ("index.js", "x"),
+            ("notes.pyc.txt", "")
+        ])));
+        assert!(!contains_python(b"not a zip"));
     }
 
     #[test]

@@ -124,6 +124,8 @@ struct PreparedPackage {
     sha256: String,
     bytes: Vec<u8>,
     staged: Option<code::Staged>,
+    /// Holds Python sources, to be compiled when staged.
+    python: bool,
 }
 
 impl Control {
@@ -566,22 +568,23 @@ impl Control {
             } else {
                 Some(store.stage(&sha256, &bytes)?)
             };
+            let python = staged.is_some() && code::contains_python(&bytes);
             Ok::<_, ControlError>(PreparedPackage {
                 sha256,
                 bytes,
                 staged,
+                python,
             })
         })
         .await
         .map_err(|_| ControlError::Io(std::io::Error::other("package task failed")))??;
-        if let (Some(python), Some(staged), RuntimeFamily::Python3) =
-            (&self.python, &package.staged, family)
+        // Whatever the function's runtime: another runtime's function may use this package
+        // later, and an already stored package keeps the bytecode it has.
+        if let (Some(python), Some(staged), true) = (&self.python, &package.staged, package.python)
         {
             bytecode::compile_python_package(python, staged.path(), self.code_root.as_deref())
                 .await;
         }
-        // An already stored package keeps the bytecode it has (none if another runtime's
-        // function stored it first).
         Ok(package)
     }
 
@@ -594,6 +597,7 @@ impl Control {
                 sha256,
                 bytes,
                 staged,
+                ..
             } = package;
             match staged {
                 Some(staged) => staged.commit(&bytes)?,
