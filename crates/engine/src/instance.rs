@@ -139,7 +139,8 @@ pub(crate) enum RunEnd {
     MemoryExceeded,
     /// The channel failed or the shim broke the protocol; the instance was killed.
     Broken(EngineError),
-    /// The event could not even be delivered: the instance had died while idle.
+    /// The event could not even be delivered: the instance had died while idle, or could not
+    /// be thawed.
     Stale,
 }
 
@@ -450,19 +451,25 @@ impl Instance {
         self.frozen
     }
 
-    /// Thaws a frozen instance, before it runs an invocation.
-    pub(crate) fn thaw(&mut self) {
-        if self.frozen {
-            let thawed = self
-                .sandbox
-                .as_ref()
-                .is_some_and(|sandbox| sandbox.set_frozen(false));
-            if !thawed {
-                // Still frozen: the invocation can only run into its timeout.
-                tracing::warn!(pid = self.pid, "cannot thaw a frozen instance");
-            }
-            self.frozen = false;
+    /// Thaws a frozen instance, before it runs an invocation. `false` if it was frozen and
+    /// the thaw failed: it may still be frozen, and would only run into the timeout.
+    pub(crate) fn thaw(&mut self) -> bool {
+        if !self.frozen {
+            return true;
         }
+        let thawed = self
+            .sandbox
+            .as_ref()
+            .is_some_and(|sandbox| sandbox.set_frozen(false));
+        if thawed {
+            self.frozen = false;
+        } else {
+            tracing::warn!(
+                pid = self.pid,
+                "cannot thaw a frozen instance; replacing it"
+            );
+        }
+        thawed
     }
 
     /// Whether [`Instance::idle_memory_exceeded`] measures this instance while it is idle.
@@ -485,7 +492,14 @@ impl Instance {
     /// Runs one invocation. Never leaves the instance half-way through a protocol exchange: if
     /// it cannot finish cleanly it kills the process group (the caller then stops it).
     pub(crate) async fn run(&mut self, invocation: &Invocation<'_>) -> Run {
-        self.thaw();
+        if !self.thaw() {
+            // As good as dead: the engine replaces an idle instance that cannot take the
+            // event (as it does one that died while idle).
+            let log = LogCollector::new(Vec::new(), invocation.log_limit);
+            return self
+                .killed(RunEnd::Stale, log, std::time::Instant::now(), 0)
+                .await;
+        }
         if self.api.is_some() {
             return self.run_custom(invocation).await;
         }

@@ -58,6 +58,8 @@ pub(crate) struct Spares {
     kinds: Vec<Kind>,
     next: AtomicU64,
     closed: AtomicBool,
+    /// Notified whenever a kind's fill ends ([`Spares::fills_ended`] waits on it).
+    fill_ended: tokio::sync::Notify,
     placeholder: PathBuf,
 }
 
@@ -137,6 +139,7 @@ impl Spares {
             kinds,
             next: AtomicU64::new(0),
             closed: AtomicBool::new(false),
+            fill_ended: tokio::sync::Notify::new(),
             placeholder,
         })
     }
@@ -179,6 +182,7 @@ impl Spares {
                 }
             }
             kind.filling.store(false, Ordering::Release);
+            self.fill_ended.notify_waiters();
         }
     }
 
@@ -273,6 +277,26 @@ impl Spares {
             "spare handed over"
         );
         Some(assigned)
+    }
+
+    /// Waits until no fill is under way. After [`Spares::close`], a fill stops the spare it
+    /// was starting and ends: shutdown waits for that, so that no spare (and no cgroup of
+    /// one) outlives the engine.
+    pub(crate) async fn fills_ended(&self) {
+        loop {
+            let ended = self.fill_ended.notified();
+            tokio::pin!(ended);
+            // Registered before the check, so an end between the two is not missed.
+            ended.as_mut().enable();
+            if self
+                .kinds
+                .iter()
+                .all(|kind| !kind.filling.load(Ordering::Acquire))
+            {
+                return;
+            }
+            ended.await;
+        }
     }
 
     /// Refuses further fills and hands back every ready spare, to be stopped.

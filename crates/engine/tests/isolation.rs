@@ -342,6 +342,121 @@ async fn an_idle_instance_is_frozen_until_its_next_invocation() {
     engine.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_that_cannot_be_thawed_is_replaced() {
+    let fixture = Fixture::new(&[(
+        "index.py",
+        "import os\ndef main_handler(e, c):\n    return os.getuid()\n",
+    )]);
+    let engine = fixture.engine().await;
+    if let CgroupSupport::Unavailable { reason } = &engine.capabilities().cgroup {
+        eprintln!("skipped: no cgroup v2 to freeze with ({reason})");
+        engine.shutdown().await;
+        return;
+    }
+    let spec = fixture.spec("unthawable", Runtime::Python3);
+    let uid = ret(&engine.invoke(&spec, request("t1", json!({}))).await)
+        .as_u64()
+        .expect("uid");
+    tokio::time::sleep(Duration::from_millis(300)).await; // frozen after 50 ms
+
+    // Take the instance's cgroup away from under it: its processes move to a cgroup of the
+    // test's own (which thaws them), and the emptied cgroup is removed, so the engine's
+    // write to its cgroup.freeze fails.
+    let runtime = pids_of(uid).into_iter().next().expect("the runtime runs");
+    let cgroup = cgroup_dir_of(runtime);
+    let refuge = Refuge::create(cgroup.with_file_name(format!("thaw-test-{runtime}")));
+    let members = std::fs::read_to_string(cgroup.join("cgroup.procs")).expect("members");
+    for pid in members.lines() {
+        std::fs::write(refuge.0.join("cgroup.procs"), pid).expect("move a process");
+    }
+    std::fs::remove_dir(&cgroup).expect("remove the emptied cgroup");
+
+    let outcome = engine.invoke(&spec, request("t2", json!({}))).await;
+    // A fresh instance answered (with a spare's uid, perhaps: the old instance was the
+    // function's last).
+    assert!(ret(&outcome).is_u64(), "{outcome:?}");
+    assert!(outcome.cold_start, "{outcome:?}");
+    assert_eq!(engine.live_instances(), 1);
+    eventually("the old instance's processes are gone", || {
+        std::fs::read_to_string(refuge.0.join("cgroup.procs")).is_ok_and(|procs| procs.is_empty())
+    })
+    .await;
+    drop(refuge);
+    engine.shutdown().await;
+    // The cold start refilled the spares: shutdown waits for that too, so no instance's
+    // cgroup (the refilled spare's included) is left under the engine's.
+    let root = cgroup.parent().expect("the engine's cgroup");
+    let left: Vec<_> = std::fs::read_dir(root)
+        .expect("engine cgroup")
+        .flatten()
+        .filter(|entry| entry.path().is_dir())
+        .map(|entry| entry.path())
+        .collect();
+    assert!(left.is_empty(), "left after shutdown: {left:?}");
+}
+
+/// A cgroup the test made; removed on drop, whatever it still holds killed first (a failed
+/// test leaves nothing behind either).
+struct Refuge(std::path::PathBuf);
+
+impl Refuge {
+    fn create(dir: std::path::PathBuf) -> Refuge {
+        std::fs::create_dir(&dir).expect("refuge cgroup");
+        Refuge(dir)
+    }
+}
+
+impl Drop for Refuge {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..200 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        eprintln!("cannot remove {}", self.0.display());
+    }
+}
+
+/// The live processes whose real uid is `uid`.
+fn pids_of(uid: u64) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let status = std::fs::read_to_string(entry.path().join("status")).ok()?;
+            let real = status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next())
+                .and_then(|id| id.parse::<u64>().ok());
+            (real == Some(uid) && !status.contains("State:\tZ")).then_some(pid)
+        })
+        .collect()
+}
+
+/// The cgroup v2 directory of `pid`, under the host's cgroup2 mount.
+fn cgroup_dir_of(pid: u32) -> std::path::PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    let root = mounts
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|fields| fields.get(2) == Some(&"cgroup2"))
+        .map(|fields| fields[1].to_owned())
+        .expect("a cgroup2 mount");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let path = own
+        .lines()
+        .find_map(|line| line.strip_prefix("0::"))
+        .expect("a cgroup v2 line");
+    std::path::Path::new(&root).join(path.trim_start_matches('/'))
+}
+
 /// Whether any live process has the real uid `uid`.
 fn runs_as(uid: u64) -> bool {
     let Ok(entries) = std::fs::read_dir("/proc") else {
