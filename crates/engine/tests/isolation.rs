@@ -319,12 +319,9 @@ def main_handler(event, context):
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_instance_is_frozen_until_its_next_invocation() {
     let fixture = Fixture::new(&[("index.py", TICKER)]);
-    let engine = fixture.engine().await;
-    if let CgroupSupport::Unavailable { reason } = &engine.capabilities().cgroup {
-        eprintln!("skipped: no cgroup v2 to freeze with ({reason})");
-        engine.shutdown().await;
+    let Some(engine) = engine_that_freezes(&fixture).await else {
         return;
-    }
+    };
     let spec = fixture.spec("ticker", Runtime::Python3);
     ret(&engine.invoke(&spec, request("t1", json!({}))).await);
     let idle = Duration::from_millis(1500);
@@ -348,12 +345,9 @@ async fn an_instance_that_cannot_be_thawed_is_replaced() {
         "index.py",
         "import os\ndef main_handler(e, c):\n    return os.getuid()\n",
     )]);
-    let engine = fixture.engine().await;
-    if let CgroupSupport::Unavailable { reason } = &engine.capabilities().cgroup {
-        eprintln!("skipped: no cgroup v2 to freeze with ({reason})");
-        engine.shutdown().await;
+    let Some(engine) = engine_that_freezes(&fixture).await else {
         return;
-    }
+    };
     let spec = fixture.spec("unthawable", Runtime::Python3);
     let uid = ret(&engine.invoke(&spec, request("t1", json!({}))).await)
         .as_u64()
@@ -394,6 +388,18 @@ async fn an_instance_that_cannot_be_thawed_is_replaced() {
         .map(|entry| entry.path())
         .collect();
     assert!(left.is_empty(), "left after shutdown: {left:?}");
+}
+
+/// The fixture's engine if this host has a cgroup v2 to freeze instances with; `None` (the
+/// test is skipped) otherwise.
+async fn engine_that_freezes(fixture: &Fixture) -> Option<Engine> {
+    let engine = fixture.engine().await;
+    if let CgroupSupport::Unavailable { reason } = &engine.capabilities().cgroup {
+        eprintln!("skipped: no cgroup v2 to freeze with ({reason})");
+        engine.shutdown().await;
+        return None;
+    }
+    Some(engine)
 }
 
 /// A cgroup the test made; removed on drop, whatever it still holds killed first (a failed
