@@ -20,8 +20,9 @@
 //!   node; a connection pool (or the PostgreSQL backend from `DESIGN.md`) is the way past it.
 //! - There is no store trait yet: SQLite is the only backend.
 //! - A synchronous invocation's record waits in memory for its batch's commit, which follows
-//!   within a transaction's time: if the process dies in that window, the record is lost
-//!   (the invocation itself had already answered its caller).
+//!   within about 2 ms (the writer's gathering window) and a transaction's time: if the
+//!   process dies in that window, the record is lost (the invocation itself had already
+//!   answered its caller).
 //! - Function rows are cached in memory once read, which is coherent only while this process
 //!   is the database's one writer (as it is: one server per data directory). Several nodes
 //!   sharing a database would need the cache invalidated across them.
