@@ -513,7 +513,6 @@ fn refused_forks(file: &std::fs::File) -> Option<u64> {
         .and_then(|count| count.trim().parse().ok())
 }
 
-/// The lines of a kernel file read from its start through an open descriptor.
 /// What one look at an instance's processes found ([`InstanceSandbox::census`]).
 #[derive(Debug)]
 pub(crate) struct Census {
@@ -525,6 +524,7 @@ pub(crate) struct Census {
     pub(crate) report: Option<String>,
 }
 
+/// The lines of a kernel file read from its start through an open descriptor.
 fn count_lines(file: &std::fs::File) -> Option<u64> {
     use std::os::unix::fs::FileExt;
     let mut chunk = [0_u8; 4096];
