@@ -465,18 +465,5 @@ fn cgroup_dir_of(pid: u32) -> std::path::PathBuf {
 
 /// Whether any live process has the real uid `uid`.
 fn runs_as(uid: u64) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return false;
-    };
-    entries.flatten().any(|entry| {
-        std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
-            let zombie = status.contains("State:\tZ");
-            let real = status
-                .lines()
-                .find_map(|line| line.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().next())
-                .and_then(|id| id.parse::<u64>().ok());
-            !zombie && real == Some(uid)
-        })
-    })
+    !pids_of(uid).is_empty()
 }
