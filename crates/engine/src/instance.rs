@@ -42,7 +42,7 @@ use tokio::net::unix::pipe;
 use tokio::process::Child;
 use tokio::time::{Instant, sleep_until, timeout_at};
 
-use crate::isolation::InstanceSandbox;
+use crate::isolation::{Census, InstanceSandbox};
 use crate::log::{LogCollector, end_marker};
 use crate::memory::{PeakMeter, Sample, Watchdog};
 use crate::protocol::{FrameReader, Greeting, Hello, Reply};
@@ -83,10 +83,9 @@ pub(crate) struct Instance {
     api: Option<RuntimeApi>,
     /// `None` once released, after the instance was reaped.
     sandbox: Option<InstanceSandbox>,
-    /// The fork-bomb report of the last invocation, taken by [`Instance::aftermath`].
-    process_report: Option<String>,
-    /// The function's processes and threads counted with that report, taken with it.
-    tasks_counted: Option<u64>,
+    /// The last invocation's count of processes (with its fork-bomb report), taken by
+    /// [`Instance::aftermath`]: taken once, before a kill if there is one.
+    census: Option<Census>,
     /// While idle with processes an invocation left running: when their memory is measured
     /// next ([`Instance::idle_memory_exceeded`]). `None` when the runtime runs alone.
     idle_sample_at: Option<Instant>,
@@ -303,8 +302,7 @@ impl Instance {
             reaped: false,
             api,
             sandbox: Some(sandbox),
-            process_report: None,
-            tasks_counted: None,
+            census: None,
             idle_sample_at: None,
             frozen: false,
         };
@@ -384,8 +382,10 @@ impl Instance {
     /// its CPU-time backstop (`timeout` is the function's).
     pub(crate) fn aftermath(&mut self, timeout: Duration) -> Aftermath {
         self.inspect_processes();
-        let note = self.process_report.take();
-        let tasks = self.tasks_counted.take();
+        let (note, tasks) = match self.census.take() {
+            Some(census) => (census.report, census.tasks),
+            None => (None, None),
+        };
         let worn_out = !self.reaped
             && self
                 .sandbox
@@ -442,11 +442,17 @@ impl Instance {
     /// no progress (and uses no CPU) until the next invocation, as on SCF. `false` when it
     /// cannot be frozen (no cgroup v2 on this host); `true` if it is frozen, now or before.
     pub(crate) fn freeze(&mut self) -> bool {
-        if !self.frozen && !self.reaped {
-            self.frozen = self
-                .sandbox
-                .as_ref()
-                .is_some_and(|sandbox| sandbox.set_frozen(true));
+        if self.frozen || self.reaped {
+            return self.frozen;
+        }
+        let Some(sandbox) = &self.sandbox else {
+            return false;
+        };
+        match sandbox.set_frozen(true) {
+            Ok(()) => self.frozen = true,
+            // Nothing to freeze with: expected on hosts without cgroup v2.
+            Err(err) if err.kind() == std::io::ErrorKind::Unsupported => {}
+            Err(err) => tracing::debug!(pid = self.pid, %err, "cannot freeze an idle instance"),
         }
         self.frozen
     }
@@ -457,19 +463,20 @@ impl Instance {
         if !self.frozen {
             return true;
         }
-        let thawed = self
-            .sandbox
-            .as_ref()
-            .is_some_and(|sandbox| sandbox.set_frozen(false));
-        if thawed {
-            self.frozen = false;
-        } else {
-            tracing::warn!(
-                pid = self.pid,
-                "cannot thaw a frozen instance; replacing it"
-            );
+        let thawed = match &self.sandbox {
+            Some(sandbox) => sandbox.set_frozen(false),
+            None => Err(std::io::ErrorKind::NotFound.into()),
+        };
+        match thawed {
+            Ok(()) => {
+                self.frozen = false;
+                true
+            }
+            Err(err) => {
+                tracing::warn!(pid = self.pid, %err, "cannot thaw a frozen instance; replacing it");
+                false
+            }
         }
-        thawed
     }
 
     /// Whether [`Instance::idle_memory_exceeded`] measures this instance while it is idle.
@@ -479,14 +486,13 @@ impl Instance {
 
     /// Counts the instance's processes once per invocation, while they still run.
     fn inspect_processes(&mut self) {
-        if self.process_report.is_some() || self.reaped {
+        if self.census.is_some() || self.reaped {
             return;
         }
-        if let Some(sandbox) = &self.sandbox {
-            let census = sandbox.census(self.group);
-            self.process_report = census.report;
-            self.tasks_counted = census.tasks;
-        }
+        self.census = self
+            .sandbox
+            .as_ref()
+            .map(|sandbox| sandbox.census(self.group));
     }
 
     /// Runs one invocation. Never leaves the instance half-way through a protocol exchange: if

@@ -405,22 +405,19 @@ impl InstanceSandbox {
     }
 
     /// Freezes (`true`) or thaws every process of the instance, init included, with the
-    /// cgroup v2 freezer. `false` if this instance cannot be frozen (no cgroup v2 here, or the
-    /// write failed); a freeze takes effect as each process next enters the kernel, a thaw at
-    /// once.
-    pub(crate) fn set_frozen(&self, frozen: bool) -> bool {
+    /// cgroup v2 freezer. A freeze takes effect as each process next enters the kernel, a
+    /// thaw at once.
+    ///
+    /// # Errors
+    /// `Unsupported` when this instance has no cgroup v2 to freeze with; otherwise the
+    /// error of writing `cgroup.freeze`.
+    pub(crate) fn set_frozen(&self, frozen: bool) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt as _;
         let Some(file) = &self.freeze else {
-            return false;
+            return Err(std::io::ErrorKind::Unsupported.into());
         };
         let value: &[u8] = if frozen { b"1" } else { b"0" };
-        match file.write_at(value, 0) {
-            Ok(_) => true,
-            Err(err) => {
-                tracing::debug!(%err, frozen, "cannot write cgroup.freeze");
-                false
-            }
-        }
+        file.write_at(value, 0).map(drop)
     }
 
     /// The function's processes and threads in this instance.
