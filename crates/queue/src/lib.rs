@@ -5,7 +5,8 @@
 //!   accept ──► committer task ──(batch, one flush)──► store: async_events
 //!                                                           │ lease (due, not over limits)
 //!   dispatcher task ◄───────── wake: accept, completion ────┘
-//!        └─► attempt task: Executor::execute ─► policy::decide ─► store.record_attempt
+//!        └─► attempt task: Executor::execute ─► policy::decide ─► recorder task
+//!                                                (batch of attempts, one transaction) ─┘
 //! ```
 //!
 //! Invariants:
@@ -160,6 +161,13 @@ type Commit = (
     oneshot::Sender<Result<bool, QueueError>>,
 );
 type FunctionKey = (String, String);
+/// An attempt on its way to the recorder, and where its answer goes (whether it was stored).
+type Recording = (
+    AttemptRecord,
+    InvocationRecord,
+    AttemptFate,
+    oneshot::Sender<Result<bool, StoreError>>,
+);
 
 #[derive(Default)]
 struct Counters {
@@ -180,6 +188,8 @@ struct Inner<E> {
     counters: Mutex<Counters>,
     wake: Notify,
     idle: Notify,
+    /// To the recorder task, which ends when this (the last sender) is dropped with `Inner`.
+    recordings: mpsc::Sender<Recording>,
 }
 
 /// Handle to the queue. Cheap to clone.
@@ -217,6 +227,10 @@ impl<E: Executor> Queue<E> {
                 "async events to resume"
             );
         }
+        // At most `workers` attempts run, so no attempt ever waits for room here.
+        let room = usize::try_from(config.workers).unwrap_or(usize::MAX).max(1);
+        let (recordings, to_record) = mpsc::channel(room);
+        tokio::spawn(record_loop(store.clone(), to_record));
         let inner = Arc::new(Inner {
             store,
             executor,
@@ -225,6 +239,7 @@ impl<E: Executor> Queue<E> {
             counters: Mutex::new(counters),
             wake: Notify::new(),
             idle: Notify::new(),
+            recordings,
         });
         let (commits, queue) = mpsc::channel(inner.config.commit_batch * 4);
         tokio::spawn(commit_loop(Arc::clone(&inner), queue));
@@ -421,6 +436,34 @@ async fn commit_loop<E: Executor>(inner: Arc<Inner<E>>, mut queue: mpsc::Receive
     }
 }
 
+/// Stores the attempts that ended while the previous batch was being stored, in one
+/// transaction: attempts that end together share one write of the pages they touch.
+async fn record_loop(store: Store, mut queue: mpsc::Receiver<Recording>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, RECORD_BATCH).await > 0 {
+        let (rows, replies): (Vec<_>, Vec<_>) = batch
+            .drain(..)
+            .map(|(attempt, record, fate, reply)| ((attempt, record, fate), reply))
+            .unzip();
+        match store.record_attempts(rows).await {
+            Ok(recorded) => {
+                for (reply, stored) in replies.into_iter().zip(recorded) {
+                    let _ = reply.send(Ok(stored));
+                }
+            }
+            Err(error) => {
+                tracing::error!(%error, "async attempts could not be recorded");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Task));
+                }
+            }
+        }
+    }
+}
+
+/// Attempts stored together at most.
+const RECORD_BATCH: usize = 256;
+
 /// Leases due events and starts their attempts, within the concurrency limits.
 async fn dispatch_loop<E: Executor>(inner: Arc<Inner<E>>) {
     loop {
@@ -579,7 +622,16 @@ async fn run_attempt<E: Executor>(
         AttemptFate::DeadLetter { .. } => tracing::warn!(code, "async event failed for good"),
         AttemptFate::Finish => {}
     }
-    match inner.store.record_attempt(attempt, record, fate).await {
+    let (done, recorded) = oneshot::channel();
+    let stored = match inner
+        .recordings
+        .send((attempt, record, fate, done))
+        .await
+    {
+        Ok(()) => recorded.await.unwrap_or(Err(StoreError::Task)),
+        Err(_) => Err(StoreError::Task),
+    };
+    match stored {
         Ok(true) if is_final => inner.release_pending(&(
             queued.event.namespace.clone(),
             queued.event.function_name.clone(),

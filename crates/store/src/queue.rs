@@ -246,14 +246,11 @@ impl Store {
             let mut leased = Vec::with_capacity(picked.len());
             for request_id in &picked {
                 let row = tx
-                    .query_row(
-                        &format!(
-                            "UPDATE async_events SET state = 'leased', lease_until = ?2 \
-                             WHERE request_id = ?1 RETURNING {EVENT_COLUMNS}"
-                        ),
-                        params![request_id, lease_until],
-                        queued_from_row,
-                    )
+                    .prepare_cached(&format!(
+                        "UPDATE async_events SET state = 'leased', lease_until = ?2 \
+                         WHERE request_id = ?1 RETURNING {EVENT_COLUMNS}"
+                    ))?
+                    .query_row(params![request_id, lease_until], queued_from_row)
                     .optional()?;
                 leased.extend(row);
             }
@@ -312,66 +309,30 @@ impl Store {
         invocation: InvocationRecord,
         fate: AttemptFate,
     ) -> Result<bool, StoreError> {
+        let recorded = self
+            .record_attempts(vec![(attempt, invocation, fate)])
+            .await?;
+        Ok(recorded.first().copied().unwrap_or(false))
+    }
+
+    /// Stores several attempts and their events' new states in one transaction (one write of
+    /// the pages they share instead of one per attempt). Returns, per attempt, whether it was
+    /// stored: false when its event is no longer pending, e.g. it was terminated meanwhile.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`]; then none of the batch was stored.
+    pub async fn record_attempts(
+        &self,
+        batch: Vec<(AttemptRecord, InvocationRecord, AttemptFate)>,
+    ) -> Result<Vec<bool>, StoreError> {
         self.with(move |conn| {
             let tx = conn.transaction()?;
-            let request_id = invocation.request_id.clone();
-            let event: Option<QueuedEvent> = tx
-                .query_row(
-                    &format!("SELECT {EVENT_COLUMNS} FROM async_events WHERE request_id = ?1"),
-                    params![request_id],
-                    queued_from_row,
-                )
-                .optional()?;
-            let Some(event) = event else { return Ok(false) };
-            insert_attempt(&tx, &request_id, &attempt)?;
-            upsert(&tx, &invocation)?;
-            match fate {
-                AttemptFate::Retry {
-                    next_run_at,
-                    run_error,
-                } => {
-                    tx.execute(
-                        "UPDATE async_events SET state = 'queued', lease_until = 0, \
-                         attempts = attempts + 1, run_errors = run_errors + ?2, \
-                         next_run_at = ?3 WHERE request_id = ?1",
-                        params![request_id, i64::from(run_error), next_run_at],
-                    )?;
-                }
-                AttemptFate::Finish => {
-                    tx.execute(
-                        "DELETE FROM async_events WHERE request_id = ?1",
-                        params![request_id],
-                    )?;
-                }
-                AttemptFate::DeadLetter {
-                    error_code,
-                    error_message,
-                } => {
-                    tx.execute(
-                        "DELETE FROM async_events WHERE request_id = ?1",
-                        params![request_id],
-                    )?;
-                    tx.execute(
-                        &format!(
-                            "INSERT OR REPLACE INTO dead_letters ({DEAD_COLUMNS}) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-                        ),
-                        params![
-                            request_id,
-                            event.event.namespace,
-                            event.event.function_name,
-                            event.event.event,
-                            event.event.accepted_time,
-                            attempt.end_time,
-                            event.attempts + 1,
-                            error_code,
-                            error_message,
-                        ],
-                    )?;
-                }
+            let mut recorded = Vec::with_capacity(batch.len());
+            for (attempt, invocation, fate) in &batch {
+                recorded.push(record_one_attempt(&tx, attempt, invocation, fate)?);
             }
             tx.commit()?;
-            Ok(true)
+            Ok(recorded)
         })
         .await
     }
@@ -579,6 +540,66 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, event: &AsyncEvent) -> rusqlite:
             event.retry_num,
         ])?;
     Ok(inserted == 1)
+}
+
+/// One attempt of [`Store::record_attempts`]: its row, its invocation record and its event's
+/// new state; false (and nothing written) when the event is no longer pending.
+fn record_one_attempt(
+    tx: &rusqlite::Transaction<'_>,
+    attempt: &AttemptRecord,
+    invocation: &InvocationRecord,
+    fate: &AttemptFate,
+) -> rusqlite::Result<bool> {
+    let request_id = &invocation.request_id;
+    let event: Option<QueuedEvent> = tx
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM async_events WHERE request_id = ?1"
+        ))?
+        .query_row(params![request_id], queued_from_row)
+        .optional()?;
+    let Some(event) = event else { return Ok(false) };
+    insert_attempt(tx, request_id, attempt)?;
+    upsert(tx, invocation)?;
+    match fate {
+        AttemptFate::Retry {
+            next_run_at,
+            run_error,
+        } => {
+            tx.prepare_cached(
+                "UPDATE async_events SET state = 'queued', lease_until = 0, \
+                 attempts = attempts + 1, run_errors = run_errors + ?2, \
+                 next_run_at = ?3 WHERE request_id = ?1",
+            )?
+            .execute(params![request_id, i64::from(*run_error), next_run_at])?;
+        }
+        AttemptFate::Finish => {
+            tx.prepare_cached("DELETE FROM async_events WHERE request_id = ?1")?
+                .execute(params![request_id])?;
+        }
+        AttemptFate::DeadLetter {
+            error_code,
+            error_message,
+        } => {
+            tx.prepare_cached("DELETE FROM async_events WHERE request_id = ?1")?
+                .execute(params![request_id])?;
+            tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO dead_letters ({DEAD_COLUMNS}) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ))?
+            .execute(params![
+                request_id,
+                event.event.namespace,
+                event.event.function_name,
+                event.event.event,
+                event.event.accepted_time,
+                attempt.end_time,
+                event.attempts + 1,
+                error_code,
+                error_message,
+            ])?;
+        }
+    }
+    Ok(true)
 }
 
 fn insert_attempt(

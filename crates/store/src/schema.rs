@@ -137,6 +137,8 @@ pub(crate) fn prepare(conn: &Connection) -> rusqlite::Result<()> {
     // than SQLite's 1,000, so hot pages are copied back once per checkpoint, not eight times.
     conn.pragma_update(None, "wal_autocheckpoint", 8000)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement the store prepares on hot paths (rusqlite keeps 16).
+    conn.set_prepared_statement_cache_capacity(64);
 
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
     // Each step and its version number commit together: a crash leaves a whole step or none.
