@@ -565,12 +565,21 @@ impl Platform {
     }
 }
 
-/// A fresh request id (UUID v4, SCF's format).
+/// A fresh request id: a time-ordered UUID (version 7: the Unix time in milliseconds, then 74
+/// random bits), hyphenated as SCF's. SCF's own ids are time-based UUIDs too (version 1).
 ///
-/// The bytes come from the thread's CSPRNG (seeded from the OS), not from a `getrandom`
+/// Time order matters to the store: invocation records, async events and their attempts are
+/// keyed by request id, so ids that grow with time add to the end of those indexes, where a
+/// batch of new rows shares a few pages, rather than to a random page per row (the benchmark's
+/// async run wrote 15 KB per accepted event instead of 26).
+///
+/// The random bits come from the thread's CSPRNG (seeded from the OS), not from a `getrandom`
 /// system call per id: every invocation takes two ids.
 pub fn new_request_id() -> String {
-    uuid::Builder::from_random_bytes(rand::random())
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+    uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
         .into_uuid()
         .to_string()
 }
@@ -827,15 +836,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_ids_are_distinct_uuid_v4s() {
+    fn request_ids_are_distinct_time_ordered_uuids() {
+        let first = new_request_id();
         let ids: std::collections::HashSet<String> = (0..1000).map(|_| new_request_id()).collect();
         assert_eq!(ids.len(), 1000);
-        for id in ids {
-            let uuid = uuid::Uuid::parse_str(&id).expect("a UUID");
-            assert_eq!(uuid.get_version(), Some(uuid::Version::Random), "{id}");
+        for id in &ids {
+            let uuid = uuid::Uuid::parse_str(id).expect("a UUID");
+            assert_eq!(uuid.get_version(), Some(uuid::Version::SortRand), "{id}");
             assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
             assert_eq!(id.len(), 36, "hyphenated, as SCF's: {id}");
         }
+        std::thread::sleep(Duration::from_millis(2));
+        let later = new_request_id();
+        assert!(later > first, "{later} sorts after {first}");
+        assert!(ids.iter().all(|id| *id < later), "ids sort by the time they were made");
     }
 
     #[test]
