@@ -892,4 +892,51 @@ mod tests {
             .expect("exists");
         assert_eq!(got.status, InvocationStatus::Aborted);
     }
+
+    #[tokio::test]
+    async fn a_batch_of_attempts_gives_each_event_its_own_fate() {
+        let (_dir, store) = open();
+        let events = ["a", "b", "c"].map(|id| event(id, "f", 1));
+        store
+            .accept_async_events(events.into())
+            .await
+            .expect("accept");
+        let aborted = record("c", "f", InvocationStatus::Aborted);
+        assert!(store.abort_async_event(aborted).await.expect("abort"));
+        let retry = AttemptFate::Retry {
+            next_run_at: 100,
+            run_error: true,
+        };
+        let batch = vec![
+            (
+                attempt(1, 0),
+                record("a", "f", InvocationStatus::Finished),
+                AttemptFate::Finish,
+            ),
+            (
+                attempt(1, 430),
+                record("b", "f", InvocationStatus::Running),
+                retry,
+            ),
+            (
+                attempt(1, 0),
+                record("c", "f", InvocationStatus::Finished),
+                AttemptFate::Finish,
+            ),
+        ];
+        let recorded = store.record_attempts(batch).await.expect("record");
+        assert_eq!(recorded, [true, true, false], "c was aborted before");
+
+        assert!(!store.is_event_pending("a").await.expect("pending"));
+        assert_eq!(store.list_attempts("a").await.expect("attempts").len(), 1);
+        let leased = store
+            .lease_due_events(500, 600, 10, any)
+            .await
+            .expect("lease");
+        let ids: Vec<_> = leased.iter().map(|q| q.event.request_id.as_str()).collect();
+        assert_eq!(ids, ["b"], "only the retried event is still queued");
+        assert!(store.list_attempts("c").await.expect("attempts").is_empty());
+        let c = store.get_invocation("c").await.expect("get").expect("exists");
+        assert_eq!(c.status, InvocationStatus::Aborted, "the late attempt is not stored");
+    }
 }
