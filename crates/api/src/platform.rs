@@ -578,7 +578,9 @@ impl Platform {
 pub fn new_request_id() -> String {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
     uuid::Builder::from_unix_timestamp_millis(millis, &rand::random())
         .into_uuid()
         .to_string()
@@ -849,7 +851,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(2));
         let later = new_request_id();
         assert!(later > first, "{later} sorts after {first}");
-        assert!(ids.iter().all(|id| *id < later), "ids sort by the time they were made");
+        assert!(
+            ids.iter().all(|id| *id < later),
+            "ids sort by the time they were made"
+        );
     }
 
     #[test]

@@ -623,11 +623,7 @@ async fn run_attempt<E: Executor>(
         AttemptFate::Finish => {}
     }
     let (done, recorded) = oneshot::channel();
-    let stored = match inner
-        .recordings
-        .send((attempt, record, fate, done))
-        .await
-    {
+    let stored = match inner.recordings.send((attempt, record, fate, done)).await {
         Ok(()) => recorded.await.unwrap_or(Err(StoreError::Task)),
         Err(_) => Err(StoreError::Task),
     };

@@ -936,7 +936,15 @@ mod tests {
         let ids: Vec<_> = leased.iter().map(|q| q.event.request_id.as_str()).collect();
         assert_eq!(ids, ["b"], "only the retried event is still queued");
         assert!(store.list_attempts("c").await.expect("attempts").is_empty());
-        let c = store.get_invocation("c").await.expect("get").expect("exists");
-        assert_eq!(c.status, InvocationStatus::Aborted, "the late attempt is not stored");
+        let c = store
+            .get_invocation("c")
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            c.status,
+            InvocationStatus::Aborted,
+            "the late attempt is not stored"
+        );
     }
 }
