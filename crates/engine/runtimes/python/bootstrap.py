@@ -56,6 +56,10 @@ import sys
 _HEADER = struct.Struct(">I")
 _RECV_CHUNK = 1 << 20
 _FIRST_READ = 1 << 16
+# The engine's frames are compact JSON it wrote itself: scanning them directly skips what
+# json.loads adds around the scanner (encoding detection, two whitespace regex matches).
+_scan_frame = json.JSONDecoder().scan_once
+_quote = json.encoder.encode_basestring_ascii
 
 
 def _add_site_packages():
@@ -110,19 +114,32 @@ class _Frames:
             if not _recv_chunks(self._fd, end - len(self._pending), chunks):
                 return None
             payload, self._pending = b"".join(chunks), b""
-        return json.loads(payload)
+        return _scan_frame(payload.decode("utf-8"), 0)[0]
 
 
 def _write_all(fd, data):
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            view = view[os.write(fd, view) :]
 
 
 def _send_frame(fd, message):
-    payload = json.dumps(message).encode("utf-8")
+    _send_payload(fd, json.dumps(message).encode("utf-8"))
+
+
+def _send_payload(fd, payload):
     _write_all(fd, _HEADER.pack(len(payload)) + payload)
+
+
+def _send_reply(fd, reply):
+    """A reply frame; a successful one is written without the generic encoder (its one
+    field is a string, which `_quote` escapes as json.dumps would)."""
+    if reply["ok"]:
+        _send_payload(fd, ('{"ok":true,"ret_msg":%s}' % _quote(reply["ret_msg"])).encode())
+    else:
+        _send_frame(fd, reply)
 
 
 def _flush_output():
@@ -339,7 +356,7 @@ def main():
             _flush_output()
             marker = "\0nimbus-end %s %s\n" % (token, frame.get("request_id", ""))
             _write_all(1, marker.encode("utf-8"))
-            _send_frame(sock, reply)
+            _send_reply(sock, reply)
             if "traceback" not in sys.modules:
                 import traceback  # noqa: F401  (off the cold path, before memory runs short)
     except OSError:
