@@ -161,12 +161,14 @@ type Commit = (
     oneshot::Sender<Result<bool, QueueError>>,
 );
 type FunctionKey = (String, String);
-/// An attempt on its way to the recorder, and where its answer goes (whether it was stored).
+/// An attempt on its way to the recorder, and where its answer goes: whether it was stored
+/// (false: its event was no longer pending), or `None` when the store failed (the recorder
+/// logs why).
 type Recording = (
     AttemptRecord,
     InvocationRecord,
     AttemptFate,
-    oneshot::Sender<Result<bool, StoreError>>,
+    oneshot::Sender<Option<bool>>,
 );
 
 #[derive(Default)]
@@ -448,13 +450,18 @@ async fn record_loop(store: Store, mut queue: mpsc::Receiver<Recording>) {
         match store.record_attempts(rows).await {
             Ok(recorded) => {
                 for (reply, stored) in replies.into_iter().zip(recorded) {
-                    let _ = reply.send(Ok(stored));
+                    let _ = reply.send(Some(stored));
                 }
             }
             Err(error) => {
-                tracing::error!(%error, "async attempts could not be recorded");
+                tracing::error!(
+                    %error,
+                    attempts = replies.len(),
+                    "async attempts could not be recorded; their events run again once their \
+                     leases end"
+                );
                 for reply in replies {
-                    let _ = reply.send(Err(StoreError::Task));
+                    let _ = reply.send(None);
                 }
             }
         }
@@ -623,18 +630,17 @@ async fn run_attempt<E: Executor>(
         AttemptFate::Finish => {}
     }
     let (done, recorded) = oneshot::channel();
+    // Not stored (the recorder said why): the lease expires and the event runs again, which
+    // is at-least-once. The recorder lives as long as `inner`, so sending cannot fail.
     let stored = match inner.recordings.send((attempt, record, fate, done)).await {
-        Ok(()) => recorded.await.unwrap_or(Err(StoreError::Task)),
-        Err(_) => Err(StoreError::Task),
+        Ok(()) => recorded.await.ok().flatten(),
+        Err(_) => None,
     };
-    match stored {
-        Ok(true) if is_final => inner.release_pending(&(
+    if stored == Some(true) && is_final {
+        inner.release_pending(&(
             queued.event.namespace.clone(),
             queued.event.function_name.clone(),
-        )),
-        Ok(_) => {}
-        // The lease expires and the event runs again: at-least-once.
-        Err(error) => tracing::error!(%error, "async attempt could not be recorded"),
+        ));
     }
 }
 
