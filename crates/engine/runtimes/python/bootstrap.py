@@ -62,6 +62,43 @@ _scan_frame = json.JSONDecoder().scan_once
 _quote = json.encoder.encode_basestring_ascii
 
 
+def _loads(text):
+    """json.loads(text) for a str, the same value or the same error: text that the scanner
+    reads whole from its first character needs none of the checks json.loads wraps around
+    it (leading and trailing whitespace, a byte order mark, extra data)."""
+    try:
+        value, end = _scan_frame(text, 0)
+        if end == len(text):
+            return value
+    except (StopIteration, ValueError):
+        pass
+    return json.loads(text)
+
+
+def _new_result_encoder():
+    # What json.dumps builds for each call with its defaults (circular check, NaN allowed,
+    # ASCII output), built once.
+    return json.encoder.c_make_encoder(
+        {}, json.JSONEncoder().default, _quote, None, ": ", ", ", False, False, True
+    )
+
+
+_result_encoder = _new_result_encoder() if json.encoder.c_make_encoder else None
+
+
+def _dumps(value):
+    """json.dumps(value): the same text or the same error."""
+    global _result_encoder
+    if _result_encoder is not None:
+        try:
+            return "".join(_result_encoder(value, 0))
+        except BaseException:
+            # The encoder may keep what it was visiting when it failed: start afresh, and
+            # let json.dumps raise the error as it would have.
+            _result_encoder = _new_result_encoder()
+    return json.dumps(value)
+
+
 def _add_site_packages():
     """What site would do for sys.path and builtins, without running .pth files."""
     for path in site.getsitepackages():
@@ -236,7 +273,7 @@ class _Runner:
 
         context = frame.get("context") or {}
         try:
-            event = json.loads(frame["event"])
+            event = _loads(frame["event"])
             result = handler(event, context)
         except BaseException as exc:  # SystemExit too: the handler failed, the instance lives on
             stack_trace = _format_exception(exc)
@@ -245,7 +282,7 @@ class _Runner:
             return _error(status_code, request_id, "user code exception caught", stack_trace)
 
         try:
-            ret_msg = json.dumps(result)
+            ret_msg = _dumps(result)
         except Exception as exc:
             stack_trace = _format_exception(exc)
             print(stack_trace, file=sys.stderr, end="")
