@@ -381,6 +381,38 @@ async fn unserialisable_return_value_is_430() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_circular_return_value_fails_as_json_dumps_would_and_the_next_call_succeeds() {
+    // The shim encodes results with an encoder it keeps between calls, which remembers what
+    // it was visiting when it failed: the next result, made of the same objects, must still
+    // be encoded (and not taken for a cycle).
+    let fixture = Fixture::new(
+        "shared = {'inner': []}\n\
+         def main_handler(event, context):\n    \
+         shared['inner'].clear()\n    \
+         shared['inner'].append(shared if event.get('loop') else event.get('n'))\n    \
+         return shared\n",
+    );
+    let engine = fixture.engine().await;
+    let spec = fixture.spec("circular");
+    let outcome = engine
+        .invoke(&spec, request("r1", serde_json::json!({"loop": true})))
+        .await;
+    let (status, body) = error(&outcome);
+    assert_eq!(status, 430);
+    let message = body["errorMessage"].as_str().expect("message");
+    assert_eq!(
+        message,
+        "return value is not JSON serializable: Circular reference detected"
+    );
+    let again = engine
+        .invoke(&spec, request("r2", serde_json::json!({"n": 2})))
+        .await;
+    assert!(!again.cold_start, "the same instance answers");
+    assert_eq!(ret(&again), serde_json::json!({"inner": [2]}));
+    engine.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_handler_file_is_437() {
     let fixture = Fixture::new("def main_handler(event, context):\n    return 1\n");
     let engine = fixture.engine().await;

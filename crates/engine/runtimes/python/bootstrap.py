@@ -92,9 +92,10 @@ def _dumps(value):
     if _result_encoder is not None:
         try:
             return "".join(_result_encoder(value, 0))
-        except BaseException:
-            # The encoder may keep what it was visiting when it failed: start afresh, and
-            # let json.dumps raise the error as it would have.
+        except Exception:
+            # The encoder keeps what it was visiting when it failed (and would take it for a
+            # cycle next time): start afresh, and let json.dumps raise the error, with the
+            # traceback, it would have raised.
             _result_encoder = _new_result_encoder()
     return json.dumps(value)
 
