@@ -2,8 +2,8 @@
 //! attempt's outcome, and dead letters.
 //!
 //! ```text
-//!   accept (batch, synchronous=FULL) ─► async_events: queued ─lease─► leased ─► record_attempt
-//!        + invocations: RUNNING                ▲                          │
+//!   accept (batch, synchronous=FULL) ─► async_events: queued ─lease─► leased ─► record_attempts
+//!        + invocations: RUNNING                ▲                          │   (batch)
 //!                                              └──── retry (queued, later) ┤
 //!                                 finish: delete event, final invocation ◄─┤
 //!                        dead letter: delete event, insert dead_letters ◄──┘

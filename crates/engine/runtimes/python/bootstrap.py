@@ -56,9 +56,10 @@ import sys
 _HEADER = struct.Struct(">I")
 _RECV_CHUNK = 1 << 20
 _FIRST_READ = 1 << 16
-# The engine's frames are compact JSON it wrote itself: scanning them directly skips what
-# json.loads adds around the scanner (encoding detection, two whitespace regex matches).
-_scan_frame = json.JSONDecoder().scan_once
+# json.loads without what it adds around the scanner (encoding detection, two whitespace
+# regex matches): enough for the engine's frames, compact JSON it wrote itself, and the
+# first try at an event (see _loads).
+_scan = json.JSONDecoder().scan_once
 _quote = json.encoder.encode_basestring_ascii
 
 
@@ -67,7 +68,7 @@ def _loads(text):
     reads whole from its first character needs none of the checks json.loads wraps around
     it (leading and trailing whitespace, a byte order mark, extra data)."""
     try:
-        value, end = _scan_frame(text, 0)
+        value, end = _scan(text, 0)
         if end == len(text):
             return value
     except (StopIteration, ValueError):
@@ -152,7 +153,7 @@ class _Frames:
             if not _recv_chunks(self._fd, end - len(self._pending), chunks):
                 return None
             payload, self._pending = b"".join(chunks), b""
-        return _scan_frame(payload.decode("utf-8"), 0)[0]
+        return _scan(payload.decode("utf-8"), 0)[0]
 
 
 def _write_all(fd, data):
