@@ -95,12 +95,14 @@ connections (same server).
 connection (the Python function answers with its uid). **cold, after reclaim**: the same \
 functions, 0.25 s apart, once their instances were stopped by keep-alive expiry (server: \
 `keep_alive_secs = 1`; the suite waits until the instance processes are gone: for Python, \
-those of the function's uid and the sandbox's above them, since spare interpreters started \
+those of the function's uid and the sandbox's init and waiter, since spare interpreters started \
 meanwhile stay). A Python cold start takes a spare interpreter when one is ready \
 (`python_spares`, on by default).
 - **idle PSS**: after one invocation of a fresh function (which answers with its uid), the \
-proportional set size (`/proc/<pid>/smaps_rollup`) of its instance: the processes of its uid \
-and the sandbox's waiter and init above them, 0.5 s later (server defaults).
+proportional set size (`/proc/<pid>/smaps_rollup`) of its instance: the processes of its uid, \
+the sandbox's init (the other process of their PID namespace) and waiter (init's parent), \
+0.5 s later (server defaults). Not the Python zygote the runtime was forked from, which the \
+node's spares and instances share as they share the server; its PSS is in the note.
 - **async**: `Invoke` with `InvocationType=Event` on 16 connections; events accepted per \
 second (each is committed to the database before the answer). Server: `[queue]` limits raised \
 so that the accept rate, not the back-pressure limit, is measured.

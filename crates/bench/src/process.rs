@@ -140,22 +140,55 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 }
 
 /// The processes of the instance whose function runs as `uid`, under the server `server`:
-/// every descendant of the server running as `uid`, and the processes between them and the
-/// server (a sandbox's waiter and init), sorted.
+/// every descendant of the server running as `uid`, the other processes of their PID
+/// namespace (the sandbox's init), and the parent of that init (the sandbox's waiter), sorted.
+/// Not a zygote the runtime was forked from: it is the node's, as the server is.
 pub fn instance_processes(server: u32, uid: u32) -> Vec<u32> {
     let parents = parent_map();
+    let under_server = descendants(server);
+    let pid_namespace = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let host = pid_namespace(server);
     let mut found = std::collections::BTreeSet::new();
-    for pid in descendants(server) {
-        if uid_of(pid) != Some(uid) {
-            continue;
-        }
-        let mut next = Some(pid);
-        while let Some(pid) = next.filter(|&p| p != server && p > 1) {
+    let mut namespaces = std::collections::BTreeSet::new();
+    for &pid in &under_server {
+        if uid_of(pid) == Some(uid) {
             found.insert(pid);
-            next = parents.get(&pid).copied();
+            namespaces.extend(pid_namespace(pid).filter(|ns| Some(ns) != host.as_ref()));
+        }
+    }
+    for &pid in &under_server {
+        if pid_namespace(pid).is_some_and(|ns| namespaces.contains(&ns)) {
+            found.insert(pid);
+            if is_namespace_init(pid)
+                && let Some(&waiter) = parents.get(&pid).filter(|&&p| p != server)
+            {
+                found.insert(waiter);
+            }
         }
     }
     found.into_iter().collect()
+}
+
+/// The process outside the instance, other than the server, that the instance's runtime
+/// (running as `uid`) is a child of: the zygote it was forked from, if there is one.
+pub fn zygote_of(server: u32, uid: u32) -> Option<u32> {
+    let parents = parent_map();
+    let instance = instance_processes(server, uid);
+    instance
+        .iter()
+        .filter_map(|pid| parents.get(pid).copied())
+        .find(|parent| *parent != server && !instance.contains(parent))
+}
+
+/// Whether `pid` is pid 1 of its PID namespace (the last number of `NSpid`).
+fn is_namespace_init(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("NSpid:"))
+            .and_then(|ids| ids.split_whitespace().last())
+            == Some("1")
+    })
 }
 
 /// The real uid of `pid`.

@@ -618,6 +618,7 @@ impl Suite {
         let mut fresh = vec![Vec::new(); self.budget.rounds];
         let mut failures = Failures::default();
         let mut fresh_failures = Failures::default();
+        let mut zygote_kib = None;
         for round in 0..self.budget.rounds {
             let name = format!("memory-python-{round}");
             let uid = match deploy_uid_reporter(&mut client, &name).await {
@@ -628,6 +629,9 @@ impl Suite {
                 Ok(uid) => {
                     tokio::time::sleep(self.budget.pss_settle).await;
                     let instance = process::instance_processes(server.pid(), uid);
+                    if let Some(zygote) = process::zygote_of(server.pid(), uid) {
+                        zygote_kib = process::pss_kib(zygote);
+                    }
                     let kib: u64 = instance
                         .iter()
                         .filter_map(|pid| process::pss_kib(*pid))
@@ -667,9 +671,15 @@ impl Suite {
             .with_pss(&samples)
             .with_failures(failures);
         outcome.notes.push(format!(
-            "sum of the PSS of one fresh function's instance, {} ms after its first invocation: the processes of its uid and the sandbox's own above them up to the server",
+            "sum of the PSS of one fresh function's instance, {} ms after its first invocation: the processes of its uid and the sandbox's init and waiter",
             self.budget.pss_settle.as_millis()
         ));
+        if let Some(kib) = zygote_kib {
+            outcome.notes.push(format!(
+                "not counted: the zygote the instance was forked from, {:.2} MiB of PSS in the last round, shared by every Python spare and instance of the node",
+                kib as f64 / 1024.0
+            ));
+        }
         self.push(outcome);
         check_alive(&server);
         Ok(())

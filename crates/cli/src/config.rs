@@ -148,6 +148,8 @@ pub struct FileEngine {
     pub python_spares: Option<u32>,
     /// Node.js interpreters (for 128 MB functions) kept started ahead of need; 0: off.
     pub node_spares: Option<u32>,
+    /// Python spares forked from one pre-initialised interpreter (a zygote).
+    pub python_zygote: Option<bool>,
     /// First uid (and gid) functions run as; servers sharing a host need ranges of their own.
     pub first_uid: Option<u32>,
     /// How many uids from `first_uid` on functions may run as.
@@ -194,6 +196,8 @@ pub struct ServeConfig {
     pub python_spares: u32,
     /// Node.js interpreters kept started ahead of need.
     pub node_spares: u32,
+    /// Python spares forked from a zygote.
+    pub python_zygote: bool,
     /// First uid functions run as.
     pub first_uid: u32,
     /// Uids from `first_uid` on that functions may run as.
@@ -319,6 +323,7 @@ pub fn resolve(
         tmp_mb,
         python_spares: file.engine.python_spares.unwrap_or(Defaults::PYTHON_SPARES),
         node_spares: file.engine.node_spares.unwrap_or(Defaults::NODE_SPARES),
+        python_zygote: file.engine.python_zygote.unwrap_or(true),
         first_uid,
         uid_count,
     })

@@ -64,6 +64,7 @@ pub async fn run(config: ServeConfig) -> anyhow::Result<()> {
     engine_config.sandbox.id_count = config.uid_count;
     engine_config.python_spares = config.python_spares;
     engine_config.node_spares = config.node_spares;
+    engine_config.python_zygote = config.python_zygote;
     let mut runtimes = vec![RuntimeFamily::Python3];
     match nimbus_engine::resolve_node(&config.node).await {
         Ok(node) => {

@@ -105,6 +105,10 @@ pub struct EngineConfig {
     /// (V8's heap limit is fixed when it starts). 0 turns them off. Default
     /// [`DEFAULT_NODE_SPARES`].
     pub node_spares: u32,
+    /// Python spares are forked from one pre-initialised interpreter (a zygote, see the
+    /// engine's `zygote.rs`) where instances have a cgroup, so that they share its memory.
+    /// Default true.
+    pub python_zygote: bool,
 }
 
 impl EngineConfig {
@@ -127,6 +131,7 @@ impl EngineConfig {
             max_open_files: DEFAULT_MAX_OPEN_FILES,
             python_spares: DEFAULT_PYTHON_SPARES,
             node_spares: DEFAULT_NODE_SPARES,
+            python_zygote: true,
         }
     }
 

@@ -211,6 +211,7 @@ impl Engine {
         stop_all(idle).await;
         stop_all(self.inner.spares.close()).await;
         self.inner.spares.fills_ended().await;
+        self.inner.spares.stop_zygote().await;
         // The sender lives in the pools this engine holds, so waiting cannot fail.
         let _ = leases.wait_for(|open| *open == 0).await;
         tracing::debug!("engine shut down");

@@ -49,6 +49,7 @@ use crate::protocol::{FrameReader, Greeting, Hello, Reply};
 use crate::runtime::Launch;
 use crate::runtime_api::RuntimeApi;
 use crate::sandbox::{self, Spawned, Spawner};
+use crate::zygote::Zygote;
 use crate::{EngineError, scf};
 
 /// How long the log marker may trail the reply before the instance is considered broken.
@@ -194,24 +195,46 @@ impl Instance {
         .await
     }
 
-    /// Starts a spare (see `spare.rs`): a Python shim that waits for a function.
+    /// Starts a spare (see `spare.rs`): a shim that waits for a function. With a `zygote`,
+    /// the sandbox must adopt its runtime (`Plan::adopting`), which the zygote forks.
     pub(crate) async fn start_spare(
         spawner: &Spawner,
+        zygote: Option<&Zygote>,
         launch: &Launch,
         token: String,
         limits: Limits,
         sandbox: InstanceSandbox,
     ) -> Result<Instance, EngineError> {
-        Instance::start_expecting(
-            spawner,
-            launch,
-            token,
-            limits,
-            None,
-            sandbox,
-            Greeting::Spare,
-        )
-        .await
+        let Some(zygote) = zygote else {
+            return Instance::start_expecting(
+                spawner,
+                launch,
+                token,
+                limits,
+                None,
+                sandbox,
+                Greeting::Spare,
+            )
+            .await;
+        };
+        match zygote.spawn(spawner, launch, sandbox.plan()).await {
+            Ok((spawned, pid)) => {
+                Instance::started(
+                    spawned,
+                    Some(pid),
+                    token,
+                    limits,
+                    None,
+                    sandbox,
+                    Greeting::Spare,
+                )
+                .await
+            }
+            Err(err) => {
+                release(sandbox).await;
+                Err(err)
+            }
+        }
     }
 
     /// Hands a spare to a function: its sandbox already holds the function's code and uid.
@@ -260,17 +283,33 @@ impl Instance {
         sandbox: InstanceSandbox,
         greeting: Greeting,
     ) -> Result<Instance, EngineError> {
+        match spawner.spawn(launch, sandbox.plan()).await {
+            Ok(spawned) => {
+                Instance::started(spawned, None, token, limits, api, sandbox, greeting).await
+            }
+            Err(err) => {
+                release(sandbox).await;
+                Err(err)
+            }
+        }
+    }
+
+    /// Waits until a spawned instance says it is ready; `runtime_pid` where the runtime is not
+    /// the one the sandbox started (a zygote's).
+    async fn started(
+        spawned: Spawned,
+        runtime_pid: Option<u32>,
+        token: String,
+        limits: Limits,
+        api: Option<RuntimeApi>,
+        sandbox: InstanceSandbox,
+        greeting: Greeting,
+    ) -> Result<Instance, EngineError> {
         let Spawned {
             child,
             control,
             log,
-        } = match spawner.spawn(launch, sandbox.plan()).await {
-            Ok(spawned) => spawned,
-            Err(err) => {
-                release(sandbox).await;
-                return Err(err);
-            }
-        };
+        } = spawned;
         let Some(group) = child.id() else {
             release(sandbox).await;
             return Err(EngineError::InstanceExitedAtStart {
@@ -278,7 +317,7 @@ impl Instance {
             });
         };
         // `spawn` returns once the runtime has exec'ed, so it can be found now.
-        let pid = sandbox.runtime_pid(group).unwrap_or(group);
+        let pid = runtime_pid.unwrap_or_else(|| sandbox.runtime_pid(group).unwrap_or(group));
         let watchdog = if sandbox.checks_memory() {
             Watchdog::for_sandbox(sandbox.plan().clone(), group, limits.memory_bytes)
         } else {

@@ -215,6 +215,7 @@ impl Isolator {
         launch: &Launch,
         runtime: Runtime,
         memory_mb: u32,
+        adopt: bool,
     ) -> Result<InstanceSandbox, EngineError> {
         check_code_dir(placeholder)?;
         let key = FunctionKey {
@@ -247,6 +248,12 @@ impl Isolator {
             limits,
         };
         let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;
+        // A joined runtime is found through the cgroup only (see zygote.rs).
+        let plan = if adopt && plan.cgroup().is_some() {
+            plan.adopting()
+        } else {
+            plan
+        };
         Ok(self.instance_sandbox(plan, uid, cpu_secs))
     }
 

@@ -24,8 +24,9 @@
 //! (cutting and framing logs), `memory` (limits, watchdog, per-invocation peak), `runtime`
 //! (shims, environment, context), `runtime_api` (a custom runtime's HTTP API), `isolation`
 //! (uids, runtime paths and limits of each instance's sandbox), `sandbox` (spawning and
-//! killing; no `unsafe`: the sandbox crate holds all of it), `scf` (status codes and error
-//! objects).
+//! killing; no `unsafe`: the sandbox crate holds all of it), `spare` (instances started ahead
+//! of need), `zygote` (the interpreter Python spares are forked from), `scf` (status codes and
+//! error objects).
 //!
 //! Isolation: by default ([`Isolation::Sandbox`], see [`EngineConfig::sandbox`]) every instance
 //! runs in the sandbox of `nimbus-sandbox`: its own mount, PID, IPC, UTS and network
@@ -60,6 +61,7 @@ mod runtime_api;
 mod sandbox;
 mod scf;
 mod spare;
+mod zygote;
 
 pub use config::{
     CPU_BACKSTOP_MARGIN, DEFAULT_CONCURRENCY, DEFAULT_FREEZE_AFTER, DEFAULT_INIT_TIMEOUT,

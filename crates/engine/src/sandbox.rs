@@ -97,21 +97,61 @@ impl Spawner {
         let (log_reader, log_writer) = std::io::pipe().map_err(EngineError::SpawnInstance)?;
         let command = command(launch, plan, child_control.into(), log_writer)
             .map_err(EngineError::SpawnInstance)?;
+        let child = self.run(command).await?;
+        Spawned::new(child, control, log_reader)
+    }
 
+    /// Starts the sandbox of an adopting `plan` (`Plan::adopting`): its waiter and init,
+    /// which build the sandbox and start no runtime; one joins it from outside (see
+    /// `zygote.rs`). Returns once the sandbox is built.
+    pub(crate) async fn spawn_shell(&self, plan: &Arc<Plan>) -> Result<Child, EngineError> {
+        // Never exec'ed: init of an adopting plan reaps until it is killed.
+        let mut command = Command::new("/");
+        command
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        Plan::enter_before_exec_tied_to_spawner(plan, command.as_std_mut());
+        self.run(command).await
+    }
+
+    /// Starts a process outside any sandbox that dies with the spawner thread (the zygote).
+    pub(crate) async fn spawn_unsandboxed(
+        &self,
+        mut command: Command,
+    ) -> Result<Child, EngineError> {
+        command.kill_on_drop(true);
+        Plan::tie_to_spawner(command.as_std_mut());
+        self.run(command).await
+    }
+
+    async fn run(&self, command: Command) -> Result<Child, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send(Job { command, reply })
             .map_err(|_| EngineError::SpawnerGone)?;
-        let child = answer
+        answer
             .await
             .map_err(|_| EngineError::SpawnerGone)?
-            .map_err(EngineError::SpawnInstance)?;
+            .map_err(EngineError::SpawnInstance)
+    }
+}
 
+impl Spawned {
+    /// An instance process and the engine's ends of its control socket and log pipe.
+    pub(crate) fn new(
+        child: Child,
+        control: std::os::unix::net::UnixStream,
+        log: std::io::PipeReader,
+    ) -> Result<Spawned, EngineError> {
         control
             .set_nonblocking(true)
             .map_err(EngineError::SpawnInstance)?;
         let control = UnixStream::from_std(control).map_err(EngineError::SpawnInstance)?;
-        let log = pipe::Receiver::from_owned_fd(OwnedFd::from(log_reader))
+        let log = pipe::Receiver::from_owned_fd(OwnedFd::from(log))
             .map_err(EngineError::SpawnInstance)?;
         Ok(Spawned {
             child,

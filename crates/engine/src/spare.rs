@@ -6,6 +6,8 @@
 //!    prepare_spare: a fresh uid, an empty read-only /var/user, no network; Python: the largest
 //!                   limits; Node.js: 128 MB (V8's heap limit is fixed at start)
 //!    spawn the shim with _NIMBUS_SPARE=1 ── {"spare": true} ──> ready spare (namespace kept)
+//!      (Python, where instances have a cgroup: forked by the zygote into a sandbox built
+//!       without a runtime, see zygote.rs)
 //!  claim (a cold start of a function the kind serves: no public network, sandboxed):
 //!    adopt: the spare's uid becomes the function's   (refused if the function has live
 //!                                                      instances under another uid)
@@ -45,6 +47,7 @@ use crate::instance::{Instance, Limits};
 use crate::isolation::{self, Isolator, NODE_SPARE_MEMORY_MB, SPARE_MEMORY_MB};
 use crate::runtime::{self, Shims};
 use crate::sandbox::Spawner;
+use crate::zygote::Zygote;
 use crate::{EngineConfig, EngineError, FunctionSpec, Runtime, protocol};
 
 /// How long a spare may take to say it is waiting.
@@ -61,6 +64,10 @@ pub(crate) struct Spares {
     /// Notified whenever a kind's fill ends ([`Spares::fills_ended`] waits on it).
     fill_ended: tokio::sync::Notify,
     placeholder: PathBuf,
+    /// Forks Python spares (`None` once it could not be started).
+    zygote: tokio::sync::OnceCell<Option<Zygote>>,
+    /// Set when the zygote failed: spares are started the usual way from then on.
+    zygote_failed: AtomicBool,
 }
 
 /// Spares of one runtime (and, for Node.js, one memory size).
@@ -141,6 +148,8 @@ impl Spares {
             closed: AtomicBool::new(false),
             fill_ended: tokio::sync::Notify::new(),
             placeholder,
+            zygote: tokio::sync::OnceCell::new(),
+            zygote_failed: AtomicBool::new(!config.python_zygote),
         })
     }
 
@@ -197,20 +206,39 @@ impl Spares {
             memory_mb,
             &token,
         )?;
+        let zygote = match kind.runtime {
+            Runtime::Python3 => self.zygote(context, &launch).await,
+            Runtime::Nodejs | Runtime::Custom => None,
+        };
         let sandbox = context.isolator.prepare_spare(
             n,
             &self.placeholder,
             &launch,
             kind.runtime,
             memory_mb,
+            zygote.is_some(),
         )?;
+        let zygote = zygote.filter(|_| sandbox.plan().adopts());
         let limits = Limits {
             init_timeout: SPARE_START_TIMEOUT,
             memory_bytes: u64::from(memory_mb) << 20,
             log_bytes: context.config.log_limit_bytes,
         };
-        let instance =
-            Instance::start_spare(context.spawner, &launch, token, limits, sandbox).await?;
+        let started =
+            Instance::start_spare(context.spawner, zygote, &launch, token, limits, sandbox).await;
+        if let (Err(err), Some(_)) = (&started, zygote) {
+            self.zygote_failed.store(true, Ordering::Release);
+            let output = match err {
+                EngineError::InstanceExitedAtStart { output } => output.as_str(),
+                _ => "",
+            };
+            tracing::warn!(
+                error = err as &dyn std::error::Error,
+                output,
+                "the Python zygote could not start a spare; spares start their own interpreter from now on"
+            );
+        }
+        let instance = started?;
         // It just answered: its runtime is alive, and the pid names it.
         match CodeNamespace::of(instance.runtime_pid()) {
             Ok(namespace) => Ok(Spare {
@@ -222,6 +250,28 @@ impl Spares {
                 Err(EngineError::SpawnInstance(err))
             }
         }
+    }
+
+    /// The zygote, started on first use; `None` if it is off or failed.
+    async fn zygote(&self, context: &Context<'_>, launch: &runtime::Launch) -> Option<&Zygote> {
+        if self.zygote_failed.load(Ordering::Acquire) {
+            return None;
+        }
+        let zygote = self
+            .zygote
+            .get_or_init(|| async {
+                Zygote::start(context.spawner, launch)
+                    .await
+                    .inspect_err(|err| {
+                        tracing::warn!(
+                            error = err as &dyn std::error::Error,
+                            "cannot start the Python zygote; spares start their own interpreter"
+                        );
+                    })
+                    .ok()
+            })
+            .await;
+        zygote.as_ref()
     }
 
     /// Makes a spare an instance of `spec`; `None` if there is no spare to take or it cannot
@@ -296,6 +346,13 @@ impl Spares {
                 return;
             }
             ended.await;
+        }
+    }
+
+    /// Stops the zygote, if one was started; call it once fills have ended.
+    pub(crate) async fn stop_zygote(&self) {
+        if let Some(Some(zygote)) = self.zygote.get() {
+            zygote.stop().await;
         }
     }
 

@@ -55,9 +55,10 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::prctl;
 use nix::sys::resource::setrlimit;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use nix::sys::stat::{Mode, SFlag, mknod, umask};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{
     ForkResult, UnlinkatFlags, chdir, close, mkdir, pipe2, pivot_root, setgroups, sethostname,
     setresgid, setresuid, symlinkat, unlinkat,
@@ -120,6 +121,9 @@ pub(crate) fn enter_sandbox(plan: &SandboxedPlan) -> io::Result<()> {
     let workdir = plan.workdir.as_c_str();
     step("enter the code directory", Some(workdir), chdir(workdir))?;
     umask(Mode::from_bits_truncate(0o022));
+    if plan.adopt {
+        reap_forever();
+    }
     if let ForkResult::Parent { child } = step("fork the runtime", None, fork_process())? {
         reap_until(child.as_raw());
     }
@@ -396,6 +400,24 @@ fn reap_until(runtime: libc::pid_t) -> ! {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(_) => exit_now(EXIT_SANDBOX_FAILURE),
         }
+    }
+}
+
+/// Init of a sandbox whose runtime joins from outside (`adopt.rs`): reaps whatever is
+/// reparented to it until it is killed. The runtime is not its child, so its end cannot be
+/// waited for here; the server sees it on the runtime's channels and kills the waiter.
+fn reap_forever() -> ! {
+    let _ = close_range(0, u32::MAX, 0);
+    let mut children = SigSet::empty();
+    children.add(Signal::SIGCHLD);
+    // Blocked, SIGCHLD stays pending for sigwait even though init ignores it by default.
+    let _ = children.thread_block();
+    loop {
+        while matches!(
+            waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)),
+            Ok(status) if status != WaitStatus::StillAlive
+        ) {}
+        let _ = children.wait();
     }
 }
 

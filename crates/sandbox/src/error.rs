@@ -84,6 +84,9 @@ pub enum SandboxError {
         #[source]
         source: io::Error,
     },
+    /// [`Plan::adoption`](crate::Plan::adoption) on a plan that starts its own runtime.
+    #[error("the sandbox starts its own runtime: nothing can join it")]
+    NotAdopting,
     /// The probe child could not be started or waited for.
     #[error("cannot run the sandbox probe")]
     Probe(#[source] io::Error),

@@ -31,7 +31,8 @@
 //! ```
 //!
 //! The process structure inside `enter` (waiter, PID-namespace init, runtime) and why is in
-//! `child.rs`; the mount tree in `plan.rs`; cgroups in `cgroup.rs`.
+//! `child.rs`; the mount tree in `plan.rs`; cgroups in `cgroup.rs`; a sandbox whose runtime
+//! is forked by another process and joins it ([`Plan::adopting`], [`Adoption`]) in `adopt.rs`.
 //!
 //! `unsafe` is allowed in this crate only, item by item, each block with a `SAFETY:` comment:
 //! `fork`, `clone3`, `mount_setattr`, `_exit`, `waitpid` with a raw status, `close_range`,
@@ -62,6 +63,7 @@
 
 #![warn(missing_docs)]
 
+mod adopt;
 mod cgroup;
 mod child;
 mod config;
@@ -73,6 +75,7 @@ mod plan;
 mod procfs;
 mod seccomp;
 
+pub use adopt::{Adoption, JOIN_ORDER};
 pub use cgroup::CgroupHandle;
 pub use config::{
     CgroupUse, DEFAULT_FIRST_ID, DEFAULT_ID_COUNT, DEFAULT_STAGING_DIR, DEFAULT_TMP_BYTES,

@@ -84,8 +84,8 @@ const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 const RESERVED: [&str; 4] = ["/etc", "/dev", "/proc", CODE_ROOT];
 
 /// Processes in an instance's cgroup that are not the function's: init (the waiter stays in
-/// the server's cgroup).
-const SANDBOX_PROCESSES: u64 = 1;
+/// the server's cgroup), and for an adopted runtime the joiner that forks it, for a moment.
+const SANDBOX_PROCESSES: u64 = 2;
 
 /// Smallest `/tmp`: tmpfs reads a size of 0 as "unbounded".
 const MIN_TMP_BYTES: u64 = 4096;
@@ -153,6 +153,8 @@ pub(crate) struct SandboxedPlan {
     pub(crate) uid: Uid,
     pub(crate) gid: Gid,
     pub(crate) filters: Arc<[BpfProgram]>,
+    /// Init starts no runtime: one joins from outside ([`Plan::adopting`]).
+    pub(crate) adopt: bool,
 }
 
 /// What the child of an unsandboxed instance (`--isolation none`) needs.
@@ -338,6 +340,44 @@ impl Plan {
         }
     }
 
+    pub(crate) fn set_adopting(&mut self) {
+        if let Mode::Sandboxed(plan) = &mut self.mode {
+            plan.adopt = true;
+        }
+    }
+
+    /// The sandboxed plan, if it adopts its runtime.
+    pub(crate) fn adopting_plan(&self) -> Option<&SandboxedPlan> {
+        match &self.mode {
+            Mode::Sandboxed(plan) if plan.adopt => Some(plan),
+            _ => None,
+        }
+    }
+
+    /// Ties a process that runs outside any sandbox (such as a zygote) to the thread that
+    /// spawns it, as [`Plan::enter_before_exec_tied_to_spawner`] does for instances: `SIGKILL`
+    /// when that thread dies, `ESRCH` if the spawning process is already gone.
+    #[expect(
+        unsafe_code,
+        reason = "pre_exec is unsafe; the hook only makes async-signal-safe system calls"
+    )]
+    pub fn tie_to_spawner(command: &mut std::process::Command) {
+        let parent = nix::unistd::getpid();
+        let hook = move || -> io::Result<()> {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+            if nix::unistd::getppid() != parent {
+                return Err(io::Error::from(nix::errno::Errno::ESRCH));
+            }
+            Ok(())
+        };
+        // SAFETY: the hook runs in the forked child before exec. It makes two raw system calls
+        // (`prctl(PR_SET_PDEATHSIG)` and `getppid`) and compares a copied pid; on failure it
+        // builds an `io::Error` from a raw errno, which does not allocate. It takes no locks.
+        unsafe {
+            command.pre_exec(hook);
+        }
+    }
+
     /// Lowers the instance's memory limit to `memory_mb` (never raises it): for an instance
     /// started before its function was known, with the largest limit, and claimed by a function
     /// with a smaller one. Writes `memory.max` in limit mode.
@@ -508,6 +548,7 @@ fn sandboxed(
         uid: Uid::from_raw(spec.uid),
         gid: Gid::from_raw(spec.gid),
         filters: sandbox.filters(),
+        adopt: false,
     })
 }
 

@@ -609,3 +609,71 @@ fn spawn_cost_of_true_sandboxed_vs_plain() {
     );
     assert_no_process_of(test_id(213));
 }
+
+#[test]
+fn an_adopting_sandbox_starts_no_runtime_and_hands_out_its_namespaces() {
+    let Some(sandbox) = sandbox() else { return };
+    let code = code_dir(&[]);
+    let spec = spec(205, code.path());
+    let own = Plan::new(&sandbox, &spec).expect("plan");
+    assert!(!own.adopts());
+    assert!(matches!(own.adoption(1), Err(SandboxError::NotAdopting)));
+    drop(own);
+
+    let plan = Arc::new(Plan::new(&sandbox, &spec).expect("plan").adopting());
+    assert!(plan.adopts());
+    let mut command = command(&plan, Path::new("/nonexistent"), &[]);
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    // Returns once the sandbox is built, without exec'ing the program.
+    let mut child = command.spawn().expect("spawn");
+    let waiter = child.id();
+    let adoption = plan.adoption(waiter).expect("adoption");
+    let names: Vec<_> = adoption.namespaces.iter().map(|(name, _)| *name).collect();
+    assert_eq!(names, nimbus_sandbox::JOIN_ORDER);
+    let init = std::fs::read_to_string(format!("/proc/{waiter}/task/{waiter}/children"))
+        .expect("children")
+        .trim()
+        .parse::<u32>()
+        .expect("one child: init");
+    for (name, fd) in &adoption.namespaces {
+        use std::os::fd::AsRawFd;
+        let ours = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        let init_ns = std::fs::read_link(format!("/proc/{init}/ns/{name}"));
+        assert_eq!(ours.expect("fd link"), init_ns.expect("ns link"), "{name}");
+        let host_ns = std::fs::read_link(format!("/proc/self/ns/{name}")).expect("ns link");
+        if *name != "cgroup" || plan.cgroup().is_some() {
+            assert_ne!(
+                std::fs::read_link(format!("/proc/{init}/ns/{name}")).expect("ns"),
+                host_ns,
+                "{name} is the sandbox's own"
+            );
+        }
+    }
+    assert_eq!((adoption.uid, adoption.gid), (spec.uid, spec.gid));
+    assert_eq!(adoption.workdir, Path::new(nimbus_sandbox::CODE_ROOT));
+    assert!(!adoption.filters.is_empty());
+    assert!(
+        adoption
+            .filters
+            .iter()
+            .all(|f| !f.is_empty() && f.len() % 8 == 0)
+    );
+    assert_eq!(adoption.cgroup_procs.is_some(), plan.cgroup().is_some());
+    // Nothing runs as the function's uid, and init waits until it is killed.
+    assert!(processes_of(spec.uid).is_empty());
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(child.try_wait().expect("try_wait").is_none(), "init ended");
+    child.kill().expect("kill the waiter");
+    child.wait().expect("reap");
+    let init_gone = || {
+        std::fs::read_to_string(format!("/proc/{init}/stat"))
+            .map_or(true, |stat| stat.contains(") Z"))
+    };
+    let started = Instant::now();
+    while !init_gone() && started.elapsed() < DEADLINE {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(init_gone(), "init outlived its waiter");
+    drop(adoption);
+    drop(plan);
+}

@@ -405,5 +405,189 @@ def main():
     os._exit(0)
 
 
+# ---------------------------------------------------------------------------------------
+# Zygote: one interpreter, started by the engine as root outside any sandbox with this
+# module loaded, that forks spares into sandboxes the engine has built (see the sandbox
+# crate's adopt.rs). Its children share its memory until they write to it.
+# ---------------------------------------------------------------------------------------
+
+_PR_SET_DUMPABLE = 4
+_PR_SET_SECCOMP = 22
+_PR_CAPBSET_DROP = 24
+_PR_SET_CHILD_SUBREAPER = 36
+_PR_SET_NO_NEW_PRIVS = 38
+_SECCOMP_MODE_FILTER = 2
+_EXIT_JOIN_FAILED = 125
+
+
+def _zygote():
+    """Serves fork requests on fd 0 (a SOCK_SEQPACKET socket) until end of file.
+
+    A request is one message: JSON {"env", "uid", "gid", "workdir", "rlimits", "filters",
+    "cgroup"} and the descriptors [control, log, ipc, uts, net, cgroup, pid, mnt
+    namespaces, cgroup.procs if "cgroup"]. The answer is {"pid": host pid of the spare}
+    or {"error": why}. The spare says {"spare": true} on its control socket as any other.
+    """
+    import ctypes
+    import resource  # noqa: F401  (imported here so that every child shares it)
+    import signal
+    import socket
+    import traceback  # noqa: F401  (what a spare imports while it waits)
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
+    libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+    sys.path[0] = os.environ.get("USER_CODE_ROOT", "/var/user")
+    _add_site_packages()
+    compile("def handler(event, context):\n    return {'ok': event}\n", "<spare>", "exec")
+    # Spares whose joiner has exited are reparented here, not to the host's init: reap them.
+    _check(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a subreaper")
+    signal.signal(signal.SIGCHLD, _reap_children)
+    control = socket.socket(fileno=_take_control_socket())
+    while True:
+        try:
+            message, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
+        except OSError:
+            break
+        if not message:
+            break
+        try:
+            reply = {"pid": _fork_spare(libc, json.loads(message), fds)}
+        except Exception as exc:  # the engine starts this spare the usual way
+            reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
+        finally:
+            for fd in fds:
+                os.close(fd)
+        control.send(json.dumps(reply).encode("utf-8"))
+    os._exit(0)
+
+
+def _reap_children(signum, frame):
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+
+def _check(result, what):
+    """Raises OSError with ctypes' errno for a libc call that returned non-zero."""
+    if result != 0:
+        import ctypes
+
+        errno = ctypes.get_errno()
+        raise OSError(errno, "cannot %s: %s" % (what, os.strerror(errno)))
+
+
+def _fork_spare(libc, request, fds):
+    """Forks a joiner, which enters the sandbox's namespaces and forks the spare; returns
+    the spare's host pid as the joiner reports it."""
+    import gc
+
+    expected = 9 if request["cgroup"] else 8
+    if len(fds) != expected:
+        raise ValueError("%d descriptors, expected %d" % (len(fds), expected))
+    read_end, write_end = os.pipe()
+    # The collector of a child would write to every object it tracks, copying the page of
+    # each: the zygote's objects are left out of its collections for good.
+    gc.freeze()
+    joiner = os.fork()
+    if joiner == 0:
+        try:
+            os.close(read_end)
+            pid = _join(libc, request, fds)
+            os.write(write_end, b"%d" % pid)
+            os._exit(0)
+        except BaseException as exc:
+            try:
+                os.write(write_end, ("%s: %s" % (type(exc).__name__, exc)).encode())
+            finally:
+                os._exit(_EXIT_JOIN_FAILED)
+    os.close(write_end)
+    answer = b""
+    while True:
+        chunk = os.read(read_end, 4096)
+        if not chunk:
+            break
+        answer += chunk
+    os.close(read_end)
+    if not answer.isdigit():
+        raise RuntimeError(answer.decode("utf-8", "replace") or "the joiner died")
+    return int(answer)
+
+
+def _join(libc, request, fds):
+    """In the joiner: enters the sandbox and forks the spare; returns its host pid (the
+    spare never returns from here)."""
+    control, log, namespaces = fds[0], fds[1], fds[2:8]
+    if request["cgroup"]:
+        os.write(fds[8], b"0")
+    for fd in namespaces:
+        _check(libc.setns(fd, 0), "join a namespace of the sandbox")
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        _become_spare(libc, request, control, log)
+    except BaseException as exc:
+        try:
+            os.write(2, ("nimbus-zygote: %s: %s\n" % (type(exc).__name__, exc)).encode())
+        finally:
+            os._exit(_EXIT_JOIN_FAILED)
+    try:
+        main()
+    finally:
+        os._exit(0)
+
+
+def _become_spare(libc, request, control, log):
+    """What the sandbox's init does for a runtime it starts (child.rs become_function),
+    from inside the sandbox's namespaces: the same limits, identity and filters."""
+    import ctypes
+    import resource
+    import signal
+
+    os.dup2(control, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.closerange(3, 1 << 20)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.chdir(request["workdir"])
+    os.umask(0o022)
+    for limit, soft, hard in request["rlimits"]:
+        infinite = (1 << 64) - 1
+        soft = resource.RLIM_INFINITY if soft == infinite else soft
+        hard = resource.RLIM_INFINITY if hard == infinite else hard
+        resource.setrlimit(limit, (soft, hard))
+    for capability in range(64):
+        if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+                break
+            _check(-1, "empty the capability bounding set")
+    os.setgroups([])
+    os.setresgid(request["gid"], request["gid"], request["gid"])
+    os.setresuid(request["uid"], request["uid"], request["uid"])
+    # An exec'ed runtime is dumpable again after the uid change: its /proc files are its own.
+    _check(libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "set the dumpable flag")
+    _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    for program in request["filters"]:
+        code = bytes.fromhex(program)
+        buffer = ctypes.create_string_buffer(code, len(code))
+        fprog = SockFprog(len(code) // 8, ctypes.addressof(buffer))
+        _check(
+            libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
+            "install the seccomp filter",
+        )
+    os.environ.clear()
+    os.environ.update(request["env"])
+
+
 if __name__ == "__main__":
-    main()
+    if os.environ.pop("_NIMBUS_ZYGOTE", "") == "1":
+        _zygote()
+    else:
+        main()

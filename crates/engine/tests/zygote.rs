@@ -1,0 +1,184 @@
+//! Python spares forked from the zygote (the engine's `zygote.rs`) against spares that started
+//! their own interpreter: the same sandbox, seen from inside and from the host. Runs as root,
+//! in the sandbox, where the host offers cgroup v2 (the zygote needs it).
+
+mod common;
+
+use common::{Fixture, child_processes, eventually, request, ret};
+use nimbus_engine::{Engine, Runtime};
+use serde_json::{Value, json};
+
+/// What the instance sees of its sandbox.
+const PROBE: &str = r#"
+import os, socket
+
+def main_handler(event, context):
+    if event.get("exit"):
+        os._exit(3)
+    status = {}
+    for line in open("/proc/self/status"):
+        key, _, value = line.partition(":")
+        if key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp",
+                   "Seccomp_filters", "NSpid"):
+            status[key] = value.split()
+    try:
+        os.setuid(0)
+        setuid = "allowed"
+    except PermissionError:
+        setuid = "refused"
+    try:
+        socket.create_connection(("1.1.1.1", 53), timeout=0.2)
+        network = "reached"
+    except OSError as exc:
+        network = type(exc).__name__
+    return {
+        "uid": os.getuid(),
+        "gid": os.getgid(),
+        "groups": os.getgroups(),
+        "ppid": os.getppid(),
+        "cwd": os.getcwd(),
+        "umask": os.umask(0o022),
+        "root": sorted(os.listdir("/")),
+        "processes": sorted(p for p in os.listdir("/proc") if p.isdigit()),
+        "cgroup": open("/proc/self/cgroup").read(),
+        "limits": open("/proc/self/limits").read(),
+        "fds": sorted(os.listdir("/proc/self/fd")),
+        "env": sorted(os.environ),
+        "hostname": socket.gethostname(),
+        "status": status,
+        "setuid": setuid,
+        "network": network,
+        "dumpable": os.access("/proc/self/environ", os.R_OK),
+    }
+"#;
+
+async fn engine(fixture: &Fixture, zygote: bool) -> Engine {
+    let mut config = fixture.config().await;
+    config.python_spares = 1;
+    config.node_spares = 0;
+    config.python_zygote = zygote;
+    let engine = Engine::new(config).expect("engine starts");
+    eventually("a spare is ready", || engine.spare_instances() == 1).await;
+    engine
+}
+
+/// The uids of the engine's child processes' children (a zygote's spares).
+fn grandchildren_uids() -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    for child in child_processes() {
+        let children = std::fs::read_to_string(format!("/proc/{child}/task/{child}/children"))
+            .unwrap_or_default();
+        for pid in children.split_whitespace().filter_map(|p| p.parse().ok()) {
+            if let Some(uid) = uid_of(pid) {
+                found.push((pid, uid));
+            }
+        }
+    }
+    found
+}
+
+fn uid_of(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn has_cgroup_v2() -> bool {
+    nimbus_sandbox::probe(&nimbus_sandbox::SandboxConfig::default()).is_ok_and(|capabilities| {
+        !matches!(
+            capabilities.cgroup,
+            nimbus_sandbox::CgroupSupport::Unavailable { .. }
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_spare_is_sandboxed_as_one_that_started_its_own_interpreter() {
+    if !has_cgroup_v2() {
+        eprintln!("skipped: no cgroup v2 here, so no zygote");
+        return;
+    }
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let spec = fixture.spec("probe", Runtime::Python3);
+
+    let started = engine(&fixture, false).await;
+    let own = ret(&started.invoke(&spec, request("r1", json!({}))).await).clone();
+    assert!(
+        grandchildren_uids().iter().all(|(_, uid)| *uid == 0),
+        "without a zygote, the engine's children's children are the sandbox's init"
+    );
+    started.shutdown().await;
+    drop(started);
+    eventually("the first engine's processes are gone", || {
+        child_processes().is_empty()
+    })
+    .await;
+
+    let forking = engine(&fixture, true).await;
+    let forked = ret(&forking.invoke(&spec, request("r2", json!({}))).await).clone();
+    let uid = forked["uid"]
+        .as_u64()
+        .and_then(|uid| u32::try_from(uid).ok());
+    assert!(
+        grandchildren_uids()
+            .iter()
+            .any(|(_, child_uid)| Some(*child_uid) == uid),
+        "the instance's runtime is a child of the zygote, a child of the engine"
+    );
+
+    let compare = |value: &Value| {
+        let mut value = value.clone();
+        let object = value.as_object_mut().expect("an object");
+        // Each spare has a uid of its own; what matters is that it is not root.
+        for key in ["uid", "gid"] {
+            assert_ne!(object.remove(key), Some(json!(0)), "{key}");
+        }
+        // Init (1) for a runtime it started; outside the namespace (0) for a forked one.
+        object.remove("ppid");
+        value
+    };
+    assert_eq!(compare(&forked), compare(&own));
+    assert_eq!(forked["ppid"], 0, "the parent is outside the PID namespace");
+    assert_eq!(forked["setuid"], "refused");
+    assert_eq!(forked["status"]["CapBnd"], json!(["0000000000000000"]));
+    assert_eq!(forked["status"]["NoNewPrivs"], json!(["1"]));
+    assert_eq!(forked["status"]["Seccomp"], json!(["2"]));
+    assert_eq!(forked["status"]["NSpid"], json!(["2"]));
+    assert_eq!(
+        forked["processes"],
+        json!(["2"]),
+        "init is hidden, nothing else runs"
+    );
+
+    forking.shutdown().await;
+    drop(forking);
+    eventually("no instance, spare or zygote is left", || {
+        child_processes().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forked_instance_that_exits_is_replaced_by_another_fork() {
+    if !has_cgroup_v2() {
+        eprintln!("skipped: no cgroup v2 here, so no zygote");
+        return;
+    }
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let spec = fixture.spec("exits", Runtime::Python3);
+    let engine = engine(&fixture, true).await;
+    let died = engine
+        .invoke(&spec, request("r1", json!({"exit": true})))
+        .await;
+    let (status, _) = common::error(&died);
+    assert_ne!(status, 200);
+    eventually("a spare is ready again", || engine.spare_instances() == 1).await;
+    let after = engine.invoke(&spec, request("r2", json!({}))).await;
+    assert_eq!(ret(&after)["setuid"], "refused");
+    engine.shutdown().await;
+    drop(engine);
+    eventually("no instance, spare or zygote is left", || {
+        child_processes().is_empty()
+    })
+    .await;
+}
