@@ -8,9 +8,9 @@
 //!    │ Plan::adoption: init's namespaces,
 //!    │   uid, rlimits, seccomp programs
 //!    ├── one SOCK_SEQPACKET message: JSON + [control, log, 6 namespaces, cgroup.procs] ──►
-//!    │                                          fork → joiner: cgroup, setns × 6, fork
-//!    │                                                   └► spare: limits, uid, seccomp,
-//!    ◄── {"pid": host pid of the spare} ─────────────        then the shim as usual
+//!    │                                          setns(pid), fork, setns back
+//!    │                                           └► spare: cgroup, setns × 5, limits,
+//!    ◄── {"pid": host pid of the spare} ──────────     uid, seccomp, then the shim as usual
 //!    └ control socket ◄── {"spare": true}
 //! ```
 //!

@@ -8,18 +8,17 @@
 //!
 //! ```text
 //!  zygote (root, host namespaces)
-//!    │ fork
+//!    │ setns(pid) (for its children only), fork, setns back to its own PID namespace
 //!    ▼
-//!  joiner: writes 0 to the instance's cgroup.procs; setns ipc, uts, net, cgroup, pid, mnt
-//!    │     (in that order, from the descriptors of Adoption::namespaces); fork; exits
-//!    ▼
-//!  runtime (in init's PID namespace, root and working directory those of the sandbox):
-//!          chdir workdir; rlimits; empty capability bounding set; setgroups([]);
-//!          setresgid, setresuid; dumpable again; no_new_privs; seccomp (Adoption::filters)
+//!  runtime (in init's PID namespace): writes 0 to the instance's cgroup.procs; setns ipc,
+//!          uts, net, cgroup, mnt (in JOIN_ORDER, from Adoption::namespaces; root and working
+//!          directory become the sandbox's); chdir workdir; rlimits; empty capability
+//!          bounding set; setgroups([]); setresgid, setresuid; dumpable again; no_new_privs;
+//!          seccomp (Adoption::filters)
 //! ```
 //!
-//! The runtime ends up with what a runtime started by init has, but for its parent (outside
-//! the namespace: `getppid()` is 0) and its memory, which is the forking process's.
+//! The runtime ends up with what a runtime started by init has, but for its parent (the
+//! zygote, outside the namespace: `getppid()` is 0) and its memory, the zygote's.
 //! Killing the spawned waiter still kills it: it is in init's PID namespace.
 
 use std::os::fd::OwnedFd;
@@ -27,8 +26,9 @@ use std::path::PathBuf;
 
 use crate::{CODE_ROOT, SandboxError, procfs};
 
-/// The namespaces a joining runtime enters, in the order it must enter them (the mount
-/// namespace last: after it, the host's paths are gone).
+/// The namespaces a joining runtime enters, in the order to enter them: the PID namespace
+/// (which only its forker can enter, for its children) before the process exists, the mount
+/// namespace last (after it, the host's paths are gone).
 pub const JOIN_ORDER: [&str; 6] = ["ipc", "uts", "net", "cgroup", "pid", "mnt"];
 
 /// What a process needs to become the runtime of an adopting plan's sandbox.

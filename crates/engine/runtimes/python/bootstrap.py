@@ -54,6 +54,8 @@ import struct
 import sys
 
 _HEADER = struct.Struct(">I")
+# Whether this process is a spare forked from a zygote, which has set up what it shares.
+_forked = False
 _RECV_CHUNK = 1 << 20
 _FIRST_READ = 1 << 16
 # json.loads without what it adds around the scanner (encoding detection, two whitespace
@@ -336,6 +338,10 @@ def _refine_runtime_name():
         os.environ["SCF_RUNTIME"] = "Python%d.%d" % sys.version_info[:2]
 
 
+def _warm_compiler():
+    compile("def handler(event, context):\n    return {'ok': event}\n", "<spare>", "exec")
+
+
 def _await_assignment(sock, frames):
     """A spare: started before its function was known, with the largest limits and an empty
     code directory. Says so, then waits until a function claims it: by then the engine has
@@ -344,9 +350,10 @@ def _await_assignment(sock, frames):
     import resource
     import traceback  # noqa: F401  (what main imports after the first reply, paid for here)
 
-    # The interpreter's first compile costs a millisecond or two of one-time set-up: pay it
-    # now rather than when the handler module is imported.
-    compile("def handler(event, context):\n    return {'ok': event}\n", "<spare>", "exec")
+    if not _forked:
+        # The interpreter's first compile costs a millisecond or two of one-time set-up: pay
+        # it now rather than when the handler module is imported (a zygote paid it already).
+        _warm_compiler()
     _send_frame(sock, {"spare": True})
     frame = frames.next()
     if frame is None:
@@ -376,7 +383,8 @@ def main():
     spare = os.environ.pop("_NIMBUS_SPARE", "") == "1"
     code_root = os.environ.get("USER_CODE_ROOT", os.getcwd())
     sys.path[0] = code_root  # replace this shim's own directory
-    _add_site_packages()
+    if not _forked:
+        _add_site_packages()
     sock = _take_control_socket()
     frames = _Frames(sock)
     if spare and not _await_assignment(sock, frames):
@@ -408,27 +416,35 @@ def main():
 # ---------------------------------------------------------------------------------------
 # Zygote: one interpreter, started by the engine as root outside any sandbox with this
 # module loaded, that forks spares into sandboxes the engine has built (see the sandbox
-# crate's adopt.rs). Its children share its memory until they write to it.
+# crate's adopt.rs and the engine's zygote.rs). Its children share its memory until they
+# write to it, so a child does as little as it can before it waits for a function.
 # ---------------------------------------------------------------------------------------
 
 _PR_SET_DUMPABLE = 4
 _PR_SET_SECCOMP = 22
 _PR_CAPBSET_DROP = 24
-_PR_SET_CHILD_SUBREAPER = 36
 _PR_SET_NO_NEW_PRIVS = 38
 _SECCOMP_MODE_FILTER = 2
+_CLONE_NEWPID = 0x20000000
+_EINVAL = 22
 _EXIT_JOIN_FAILED = 125
+# Request descriptors: control, log, then the namespaces in the engine's JOIN_ORDER, then
+# cgroup.procs when the request says "cgroup".
+_NAMESPACES = ("ipc", "uts", "net", "cgroup", "pid", "mnt")
+_PID = 2 + _NAMESPACES.index("pid")
 
 
 def _zygote():
     """Serves fork requests on fd 0 (a SOCK_SEQPACKET socket) until end of file.
 
     A request is one message: JSON {"env", "uid", "gid", "workdir", "rlimits", "filters",
-    "cgroup"} and the descriptors [control, log, ipc, uts, net, cgroup, pid, mnt
-    namespaces, cgroup.procs if "cgroup"]. The answer is {"pid": host pid of the spare}
-    or {"error": why}. The spare says {"spare": true} on its control socket as any other.
+    "cgroup"} and the descriptors [control, log, the namespaces of _NAMESPACES,
+    cgroup.procs if "cgroup"]. The answer is {"pid": host pid of the spare} or
+    {"error": why}. The spare then says {"spare": true} on its control socket, or, if it
+    could not enter the sandbox, writes why to its log and exits with 125.
     """
     import ctypes
+    import gc
     import resource  # noqa: F401  (imported here so that every child shares it)
     import signal
     import socket
@@ -437,11 +453,14 @@ def _zygote():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
     libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
     sys.path[0] = os.environ.get("USER_CODE_ROOT", "/var/user")
     _add_site_packages()
-    compile("def handler(event, context):\n    return {'ok': event}\n", "<spare>", "exec")
-    # Spares whose joiner has exited are reparented here, not to the host's init: reap them.
-    _check(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "become a subreaper")
+    _warm_compiler()
+    own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, _reap_children)
     control = socket.socket(fileno=_take_control_socket())
     while True:
@@ -452,7 +471,14 @@ def _zygote():
         if not message:
             break
         try:
-            reply = {"pid": _fork_spare(libc, json.loads(message), fds)}
+            request = json.loads(message)
+            expected = 2 + len(_NAMESPACES) + (1 if request["cgroup"] else 0)
+            if len(fds) != expected:
+                raise ValueError("%d descriptors, expected %d" % (len(fds), expected))
+            # The collector of a child would write to every object it tracks, copying the
+            # page of each: the zygote's objects are left out of its collections for good.
+            gc.freeze()
+            reply = {"pid": _fork_spare(libc, SockFprog, own_pid_namespace, request, fds)}
         except Exception as exc:  # the engine starts this spare the usual way
             reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
         finally:
@@ -479,89 +505,67 @@ def _check(result, what):
         raise OSError(errno, "cannot %s: %s" % (what, os.strerror(errno)))
 
 
-def _fork_spare(libc, request, fds):
-    """Forks a joiner, which enters the sandbox's namespaces and forks the spare; returns
-    the spare's host pid as the joiner reports it."""
-    import gc
-
-    expected = 9 if request["cgroup"] else 8
-    if len(fds) != expected:
-        raise ValueError("%d descriptors, expected %d" % (len(fds), expected))
-    read_end, write_end = os.pipe()
-    # The collector of a child would write to every object it tracks, copying the page of
-    # each: the zygote's objects are left out of its collections for good.
-    gc.freeze()
-    joiner = os.fork()
-    if joiner == 0:
-        try:
-            os.close(read_end)
-            pid = _join(libc, request, fds)
-            os.write(write_end, b"%d" % pid)
-            os._exit(0)
-        except BaseException as exc:
-            try:
-                os.write(write_end, ("%s: %s" % (type(exc).__name__, exc)).encode())
-            finally:
-                os._exit(_EXIT_JOIN_FAILED)
-    os.close(write_end)
-    answer = b""
-    while True:
-        chunk = os.read(read_end, 4096)
-        if not chunk:
-            break
-        answer += chunk
-    os.close(read_end)
-    if not answer.isdigit():
-        raise RuntimeError(answer.decode("utf-8", "replace") or "the joiner died")
-    return int(answer)
-
-
-def _join(libc, request, fds):
-    """In the joiner: enters the sandbox and forks the spare; returns its host pid (the
-    spare never returns from here)."""
-    control, log, namespaces = fds[0], fds[1], fds[2:8]
-    if request["cgroup"]:
-        os.write(fds[8], b"0")
-    for fd in namespaces:
-        _check(libc.setns(fd, 0), "join a namespace of the sandbox")
-    pid = os.fork()
+def _fork_spare(libc, fprog_type, own_pid_namespace, request, fds):
+    """Forks the spare straight into the sandbox's PID namespace (entered for children only,
+    and left again at once); returns its host pid. The spare enters the other namespaces
+    itself."""
+    _check(libc.setns(fds[_PID], _CLONE_NEWPID), "enter the sandbox's PID namespace")
+    pid = -1
+    try:
+        pid = os.fork()
+    finally:
+        if pid != 0 and libc.setns(own_pid_namespace, _CLONE_NEWPID) != 0:
+            # Every later spare would be forked into this sandbox: stop serving.
+            os.write(2, b"nimbus-zygote: cannot leave a sandbox's PID namespace\n")
+            os._exit(1)
     if pid:
         return pid
     try:
-        _become_spare(libc, request, control, log)
+        _become_spare(libc, fprog_type, request, fds)
     except BaseException as exc:
         try:
-            os.write(2, ("nimbus-zygote: %s: %s\n" % (type(exc).__name__, exc)).encode())
+            message = ("nimbus-zygote: %s: %s\n" % (type(exc).__name__, exc)).encode()
+            try:
+                os.write(fds[1], message)  # the log, unless it was already moved to 1 and 2
+            except OSError:
+                os.write(2, message)
         finally:
             os._exit(_EXIT_JOIN_FAILED)
+    global _forked
+    _forked = True
     try:
         main()
     finally:
         os._exit(0)
 
 
-def _become_spare(libc, request, control, log):
-    """What the sandbox's init does for a runtime it starts (child.rs become_function),
-    from inside the sandbox's namespaces: the same limits, identity and filters."""
+def _become_spare(libc, fprog_type, request, fds):
+    """Joins the sandbox, then does what the sandbox's init does for a runtime it starts
+    (the sandbox crate's child.rs, become_function): the same limits, identity and filters."""
     import ctypes
     import resource
     import signal
 
-    os.dup2(control, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
+    if request["cgroup"]:
+        os.write(fds[-1], b"0")
+    for index, name in enumerate(_NAMESPACES):
+        if name != "pid":
+            _check(libc.setns(fds[2 + index], 0), "join the sandbox's %s namespace" % name)
+    os.dup2(fds[0], 0)
+    os.dup2(fds[1], 1)
+    os.dup2(fds[1], 2)
     os.closerange(3, 1 << 20)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.chdir(request["workdir"])
     os.umask(0o022)
+    infinite = (1 << 64) - 1
     for limit, soft, hard in request["rlimits"]:
-        infinite = (1 << 64) - 1
         soft = resource.RLIM_INFINITY if soft == infinite else soft
         hard = resource.RLIM_INFINITY if hard == infinite else hard
         resource.setrlimit(limit, (soft, hard))
     for capability in range(64):
         if libc.prctl(_PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
-            if ctypes.get_errno() == 22:  # EINVAL: past the last capability
+            if ctypes.get_errno() == _EINVAL:  # past the last capability
                 break
             _check(-1, "empty the capability bounding set")
     os.setgroups([])
@@ -570,14 +574,10 @@ def _become_spare(libc, request, control, log):
     # An exec'ed runtime is dumpable again after the uid change: its /proc files are its own.
     _check(libc.prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0), "set the dumpable flag")
     _check(libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs")
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
     for program in request["filters"]:
         code = bytes.fromhex(program)
         buffer = ctypes.create_string_buffer(code, len(code))
-        fprog = SockFprog(len(code) // 8, ctypes.addressof(buffer))
+        fprog = fprog_type(len(code) // 8, ctypes.addressof(buffer))
         _check(
             libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0),
             "install the seccomp filter",
