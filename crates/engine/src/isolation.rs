@@ -117,6 +117,11 @@ impl Isolator {
         self.sandbox.isolation()
     }
 
+    /// Whether each instance gets a cgroup of its own.
+    pub(crate) fn has_cgroups(&self) -> bool {
+        self.sandbox.cgroup_dir().is_some()
+    }
+
     /// What the host offers, as the probe found it.
     pub(crate) fn capabilities(&self) -> &Capabilities {
         self.sandbox.capabilities()

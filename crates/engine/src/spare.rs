@@ -226,8 +226,9 @@ impl Spares {
         };
         let started =
             Instance::start_spare(context.spawner, zygote, &launch, token, limits, sandbox).await;
-        if let (Err(err), Some(_)) = (&started, zygote) {
+        if let (Err(err), Some(zygote)) = (&started, zygote) {
             self.zygote_failed.store(true, Ordering::Release);
+            zygote.stop().await;
             let output = match err {
                 EngineError::InstanceExitedAtStart { output } => output.as_str(),
                 _ => "",
@@ -252,9 +253,10 @@ impl Spares {
         }
     }
 
-    /// The zygote, started on first use; `None` if it is off or failed.
+    /// The zygote, started on first use; `None` if it is off or failed, or instances have no
+    /// cgroup (a runtime it forks would be found through the cgroup only).
     async fn zygote(&self, context: &Context<'_>, launch: &runtime::Launch) -> Option<&Zygote> {
-        if self.zygote_failed.load(Ordering::Acquire) {
+        if self.zygote_failed.load(Ordering::Acquire) || !context.isolator.has_cgroups() {
             return None;
         }
         let zygote = self

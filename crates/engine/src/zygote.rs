@@ -118,7 +118,11 @@ impl Zygote {
 
     /// Kills the zygote and waits for it (the spares it forked live on in their sandboxes).
     pub(crate) async fn stop(&self) {
-        if let Err(err) = self.child.lock().await.kill().await {
+        let mut child = self.child.lock().await;
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        if let Err(err) = child.kill().await {
             tracing::warn!(
                 error = &err as &dyn std::error::Error,
                 "cannot stop the Python zygote"

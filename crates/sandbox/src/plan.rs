@@ -84,8 +84,8 @@ const DEVICES: [&str; 5] = ["null", "zero", "full", "random", "urandom"];
 const RESERVED: [&str; 4] = ["/etc", "/dev", "/proc", CODE_ROOT];
 
 /// Processes in an instance's cgroup that are not the function's: init (the waiter stays in
-/// the server's cgroup), and for an adopted runtime the joiner that forks it, for a moment.
-const SANDBOX_PROCESSES: u64 = 2;
+/// the server's cgroup).
+const SANDBOX_PROCESSES: u64 = 1;
 
 /// Smallest `/tmp`: tmpfs reads a size of 0 as "unbounded".
 const MIN_TMP_BYTES: u64 = 4096;
