@@ -2,9 +2,10 @@
 pre-initialised interpreter, next to a fresh interpreter's.
 
 Issue 8 asks for an idle warm Python instance at no more than half the PSS of a fresh
-`python3 -S`. Nimbus starts each instance as its own interpreter; a zygote (one interpreter
-per runtime, initialised once, forking each instance) is the way to share pages. This script
-measures how much it would share, without a sandbox, so the answer is a best case:
+`python3 -S`. Nimbus forks its Python spares from a zygote (the engine's zygote.rs: one
+interpreter with the shim loaded, forking each spare into a sandbox the server built). This
+script measures the same sharing without a sandbox, the server or the shim's protocol, so the
+answer is a best case:
 
 - a fresh `python3 -S` that sleeps (the benchmark's baseline);
 - a zygote that imports what the shim imports, freezes its objects out of the garbage

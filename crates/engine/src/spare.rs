@@ -264,6 +264,12 @@ impl Spares {
             .get_or_init(|| async {
                 Zygote::start(context.spawner, launch)
                     .await
+                    .inspect(|zygote| {
+                        tracing::info!(
+                            pid = zygote.pid(),
+                            "Python spares are forked from a zygote, whose memory they share"
+                        );
+                    })
                     .inspect_err(|err| {
                         tracing::warn!(
                             error = err as &dyn std::error::Error,

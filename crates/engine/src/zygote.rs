@@ -67,6 +67,7 @@ pub(crate) struct Zygote {
     /// Killed by [`Zygote::stop`] or when the engine drops the zygote; it also exits at end
     /// of file on its socket.
     child: tokio::sync::Mutex<Child>,
+    pid: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -112,8 +113,14 @@ impl Zygote {
         let child = spawner.spawn_unsandboxed(command).await?;
         Ok(Zygote {
             socket: Arc::new(Mutex::new(ours)),
+            pid: child.id(),
             child: tokio::sync::Mutex::new(child),
         })
+    }
+
+    /// The zygote's pid, as it was started.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pid
     }
 
     /// Kills the zygote and waits for it (the spares it forked live on in their sandboxes).

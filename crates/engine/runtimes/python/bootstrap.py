@@ -460,6 +460,7 @@ def _zygote():
     sys.path[0] = os.environ.get("USER_CODE_ROOT", "/var/user")
     _add_site_packages()
     _warm_compiler()
+    _rehearse()
     own_pid_namespace = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     signal.signal(signal.SIGCHLD, _reap_children)
     control = socket.socket(fileno=_take_control_socket())
@@ -486,6 +487,29 @@ def _zygote():
                 os.close(fd)
         control.send(json.dumps(reply).encode("utf-8"))
     os._exit(0)
+
+
+def _rehearse():
+    """Runs the paths a spare takes, a few times, before the zygote forks anything: the
+    interpreter specialises code it has run often (writing into the code objects) and
+    fills caches on first use, and a child that did either would copy those pages."""
+    saved = dict(os.environ)
+    read_end, write_end = os.pipe()
+    try:
+        frames = _Frames(read_end)
+        for _ in range(16):
+            os.environ.clear()
+            os.environ.update(saved)
+            _send_frame(write_end, {"spare": True})
+            frames.next()
+            _send_payload(write_end, b'{"request_id":"r","event":{"a":[1,2.5,null,"x"]}}')
+            event = frames.next()["event"]
+            _loads(_dumps(event))
+            _send_reply(write_end, {"ok": True, "ret_msg": _dumps(event)})
+            frames.next()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
 
 
 def _reap_children(signum, frame):
