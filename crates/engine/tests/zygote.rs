@@ -182,3 +182,47 @@ async fn a_forked_instance_that_exits_is_replaced_by_another_fork() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_zygote_dies_spares_start_their_own_interpreter() {
+    if !has_cgroup_v2() {
+        eprintln!("skipped: no cgroup v2 here, so no zygote");
+        return;
+    }
+    let fixture = Fixture::new(&[("index.py", PROBE)]);
+    let engine = engine(&fixture, true).await;
+    let zygote = child_processes()
+        .into_iter()
+        .find(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("python"))
+        })
+        .expect("the zygote is a child of the engine");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(zygote).expect("pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the zygote");
+    // The ready spare was forked before: it serves. The one that replaces it cannot be
+    // forked, so the engine starts one the usual way.
+    for name in ["first", "second", "third"] {
+        let outcome = engine
+            .invoke(
+                &fixture.spec(name, Runtime::Python3),
+                request(name, json!({})),
+            )
+            .await;
+        assert_eq!(ret(&outcome)["setuid"], "refused", "{name}");
+    }
+    eventually("a spare is ready again", || engine.spare_instances() == 1).await;
+    assert!(
+        common::not_running(zygote),
+        "the dead zygote was reaped or is a zombie"
+    );
+    engine.shutdown().await;
+    drop(engine);
+    eventually("no instance, spare or zygote is left", || {
+        child_processes().is_empty()
+    })
+    .await;
+}
