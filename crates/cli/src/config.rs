@@ -148,7 +148,7 @@ pub struct FileEngine {
     pub python_spares: Option<u32>,
     /// Node.js interpreters (for 128 MB functions) kept started ahead of need; 0: off.
     pub node_spares: Option<u32>,
-    /// Python spares forked from one pre-initialised interpreter (a zygote).
+    /// Python instances forked from one pre-initialised interpreter (a zygote).
     pub python_zygote: Option<bool>,
     /// First uid (and gid) functions run as; servers sharing a host need ranges of their own.
     pub first_uid: Option<u32>,
@@ -196,7 +196,7 @@ pub struct ServeConfig {
     pub python_spares: u32,
     /// Node.js interpreters kept started ahead of need.
     pub node_spares: u32,
-    /// Python spares forked from a zygote.
+    /// Python instances forked from a zygote.
     pub python_zygote: bool,
     /// First uid functions run as.
     pub first_uid: u32,

@@ -105,9 +105,9 @@ pub struct EngineConfig {
     /// (V8's heap limit is fixed when it starts). 0 turns them off. Default
     /// [`DEFAULT_NODE_SPARES`].
     pub node_spares: u32,
-    /// Python spares are forked from one pre-initialised interpreter (a zygote, see the
-    /// engine's `zygote.rs`) where instances have a cgroup, so that they share its memory.
-    /// Default true.
+    /// Python instances (spares, and cold starts that find none ready) are forked from one
+    /// pre-initialised interpreter (a zygote, see the engine's `zygote.rs`) where instances
+    /// have a cgroup, so that they share its memory. Default true.
     pub python_zygote: bool,
 }
 

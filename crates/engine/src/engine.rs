@@ -45,12 +45,13 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
+use crate::Runtime;
 use crate::instance::{Aftermath, Instance, Invocation, Limits, Run, RunEnd};
 use crate::isolation::Isolator;
 use crate::log::{self, Body, Report};
 use crate::memory;
 use crate::pool::{Admission, Demand, FunctionKey, Pools, Tag, Ticket};
-use crate::protocol::{self, EventFrame, Reply};
+use crate::protocol::{self, EventFrame, Greeting, Reply};
 use crate::runtime::{self, Shims};
 use crate::runtime_api;
 use crate::sandbox::{self, Spawner};
@@ -418,8 +419,15 @@ impl Inner {
             log_bytes: self.config.log_limit_bytes,
         };
         let started = Instant::now();
-        let sandbox = self.isolator.prepare(spec, &launch, private_network)?;
-        let instance = Instance::start(&self.spawner, &launch, token, limits, api, sandbox).await?;
+        let instance = match self.start_forked(spec, &launch, &token, limits).await {
+            Some(forked) => forked?,
+            None => {
+                let sandbox = self
+                    .isolator
+                    .prepare(spec, &launch, private_network, false)?;
+                Instance::start(&self.spawner, &launch, token, limits, api, sandbox).await?
+            }
+        };
         let init_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(
             pid = instance.process_group(),
@@ -428,6 +436,70 @@ impl Inner {
             "instance started"
         );
         Ok(instance)
+    }
+
+    /// Starts an instance of a Python function forked from the zygote, if there is one that
+    /// works; `None` if there is none, or it failed (then the caller starts one the usual
+    /// way, and so will every later start).
+    ///
+    /// The zygote is given the base environment only, never the function's (which may hold
+    /// secrets, and would stay in the memory of the zygote that every later fork copies): the
+    /// fork waits as a spare does, and gets the function's environment from here, as a
+    /// claimed spare does.
+    async fn start_forked(
+        self: &Arc<Self>,
+        spec: &FunctionSpec,
+        launch: &runtime::Launch,
+        token: &str,
+        limits: Limits,
+    ) -> Option<Result<Instance, EngineError>> {
+        if spec.runtime != Runtime::Python3 {
+            return None;
+        }
+        let zygote = self.spares.zygote(&self.spare_context()).await?;
+        let prepared = runtime::spare_launch(
+            &self.config,
+            &self.shims,
+            Runtime::Python3,
+            spec.memory_mb,
+            token,
+        )
+        .and_then(|base| {
+            let sandbox = self.isolator.prepare(spec, launch, None, true)?;
+            Ok((base, sandbox))
+        });
+        let (base, sandbox) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => return Some(Err(err)),
+        };
+        if !sandbox.plan().adopts() {
+            crate::instance::release(sandbox).await;
+            return None;
+        }
+        let forked = Instance::start_forked(
+            &self.spawner,
+            zygote,
+            &base,
+            token.to_owned(),
+            limits,
+            sandbox,
+            Greeting::Spare,
+        )
+        .await;
+        let forked = match forked {
+            Ok(forked) => forked,
+            Err(err) => {
+                self.spares.zygote_failed(zygote, &err).await;
+                return None;
+            }
+        };
+        Some(match spare::assignment(&self.config, &self.shims, spec) {
+            Ok(assignment) => forked.assign(&assignment, limits).await,
+            Err(err) => {
+                forked.stop().await;
+                Err(err)
+            }
+        })
     }
 
     async fn conclude(

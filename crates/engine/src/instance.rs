@@ -205,23 +205,23 @@ impl Instance {
         limits: Limits,
         sandbox: InstanceSandbox,
     ) -> Result<Instance, EngineError> {
-        let Some(zygote) = zygote else {
-            return Instance::start_expecting(
-                spawner,
-                launch,
-                token,
-                limits,
-                None,
-                sandbox,
-                Greeting::Spare,
-            )
-            .await;
-        };
-        match zygote.spawn(spawner, launch, sandbox.plan()).await {
-            Ok((spawned, pid)) => {
-                Instance::started(
-                    spawned,
-                    Some(pid),
+        match zygote {
+            Some(zygote) => {
+                Instance::start_forked(
+                    spawner,
+                    zygote,
+                    launch,
+                    token,
+                    limits,
+                    sandbox,
+                    Greeting::Spare,
+                )
+                .await
+            }
+            None => {
+                Instance::start_expecting(
+                    spawner,
+                    launch,
                     token,
                     limits,
                     None,
@@ -229,6 +229,24 @@ impl Instance {
                     Greeting::Spare,
                 )
                 .await
+            }
+        }
+    }
+
+    /// Starts a Python instance forked by `zygote` into the sandbox, which must adopt its
+    /// runtime (`Plan::adopting`), and waits until it greets as `greeting` says.
+    pub(crate) async fn start_forked(
+        spawner: &Spawner,
+        zygote: &Zygote,
+        launch: &Launch,
+        token: String,
+        limits: Limits,
+        sandbox: InstanceSandbox,
+        greeting: Greeting,
+    ) -> Result<Instance, EngineError> {
+        match zygote.spawn(spawner, launch, sandbox.plan()).await {
+            Ok((spawned, pid)) => {
+                Instance::started(spawned, Some(pid), token, limits, None, sandbox, greeting).await
             }
             Err(err) => {
                 release(sandbox).await;
@@ -793,7 +811,7 @@ impl Drop for Instance {
 
 /// Releases an instance's sandbox once its processes are killed: dropping the plan kills what
 /// is left in its cgroup and waits for the cgroup to empty, which may block.
-async fn release(sandbox: InstanceSandbox) {
+pub(crate) async fn release(sandbox: InstanceSandbox) {
     if let Err(err) = tokio::task::spawn_blocking(move || drop(sandbox)).await {
         tracing::warn!(
             error = &err as &dyn std::error::Error,

@@ -166,6 +166,7 @@ impl Isolator {
         spec: &FunctionSpec,
         launch: &Launch,
         private_network: Option<NetNamespace>,
+        adopt: bool,
     ) -> Result<InstanceSandbox, EngineError> {
         let isolation = self.isolation();
         if isolation == Isolation::Sandbox {
@@ -206,6 +207,7 @@ impl Isolator {
             limits,
         };
         let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;
+        let plan = adopting_if(plan, adopt);
         Ok(self.instance_sandbox(plan, uid, limits.cpu_secs))
     }
 
@@ -253,12 +255,7 @@ impl Isolator {
             limits,
         };
         let plan = Plan::new(&self.sandbox, &instance).map_err(EngineError::PrepareSandbox)?;
-        // A joined runtime is found through the cgroup only (see zygote.rs).
-        let plan = if adopt && plan.cgroup().is_some() {
-            plan.adopting()
-        } else {
-            plan
-        };
+        let plan = adopting_if(plan, adopt);
         Ok(self.instance_sandbox(plan, uid, cpu_secs))
     }
 
@@ -463,6 +460,16 @@ impl InstanceSandbox {
 }
 
 /// The CPU-time backstop of an instance of `spec`, in whole seconds.
+/// `plan`, adopting its runtime (`Plan::adopting`, a zygote's fork) if `adopt` and it has a
+/// cgroup: a runtime that joined from outside is found through the cgroup only.
+fn adopting_if(plan: Plan, adopt: bool) -> Plan {
+    if adopt && plan.cgroup().is_some() {
+        plan.adopting()
+    } else {
+        plan
+    }
+}
+
 pub(crate) fn cpu_backstop_secs(spec: &FunctionSpec) -> u64 {
     let total = spec.init_timeout + spec.timeout + CPU_BACKSTOP_MARGIN;
     total.as_secs() + u64::from(total.subsec_nanos() > 0)

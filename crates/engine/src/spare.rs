@@ -207,7 +207,7 @@ impl Spares {
             &token,
         )?;
         let zygote = match kind.runtime {
-            Runtime::Python3 => self.zygote(context, &launch).await,
+            Runtime::Python3 => self.zygote(context).await,
             Runtime::Nodejs | Runtime::Custom => None,
         };
         let sandbox = context.isolator.prepare_spare(
@@ -227,17 +227,7 @@ impl Spares {
         let started =
             Instance::start_spare(context.spawner, zygote, &launch, token, limits, sandbox).await;
         if let (Err(err), Some(zygote)) = (&started, zygote) {
-            self.zygote_failed.store(true, Ordering::Release);
-            zygote.stop().await;
-            let output = match err {
-                EngineError::InstanceExitedAtStart { output } => output.as_str(),
-                _ => "",
-            };
-            tracing::warn!(
-                error = err as &dyn std::error::Error,
-                output,
-                "the Python zygote could not start a spare; spares start their own interpreter from now on"
-            );
+            self.zygote_failed(zygote, err).await;
         }
         let instance = started?;
         // It just answered: its runtime is alive, and the pid names it.
@@ -253,33 +243,63 @@ impl Spares {
         }
     }
 
-    /// The zygote, started on first use; `None` if it is off or failed, or instances have no
-    /// cgroup (a runtime it forks would be found through the cgroup only).
-    async fn zygote(&self, context: &Context<'_>, launch: &runtime::Launch) -> Option<&Zygote> {
-        if self.zygote_failed.load(Ordering::Acquire) || !context.isolator.has_cgroups() {
+    /// The zygote, started on first use; `None` if it is off or failed, or instances are not
+    /// sandboxed with a cgroup each (a runtime it forks is found through the cgroup only).
+    pub(crate) async fn zygote(&self, context: &Context<'_>) -> Option<&Zygote> {
+        if self.zygote_failed.load(Ordering::Acquire)
+            || context.isolator.isolation() != Isolation::Sandbox
+            || !context.isolator.has_cgroups()
+        {
             return None;
         }
         let zygote = self
             .zygote
             .get_or_init(|| async {
-                Zygote::start(context.spawner, launch)
-                    .await
+                // The base environment every Python spare starts with, less its own token.
+                let launch = runtime::spare_launch(
+                    context.config,
+                    context.shims,
+                    Runtime::Python3,
+                    SPARE_MEMORY_MB,
+                    "",
+                );
+                let started = match launch {
+                    Ok(launch) => Zygote::start(context.spawner, &launch).await,
+                    Err(err) => Err(err),
+                };
+                started
                     .inspect(|zygote| {
                         tracing::info!(
                             pid = zygote.pid(),
-                            "Python spares are forked from a zygote, whose memory they share"
+                            "Python instances are forked from a zygote, whose memory they share"
                         );
                     })
                     .inspect_err(|err| {
                         tracing::warn!(
                             error = err as &dyn std::error::Error,
-                            "cannot start the Python zygote; spares start their own interpreter"
+                            "cannot start the Python zygote; Python instances start their own interpreter"
                         );
                     })
                     .ok()
             })
             .await;
         zygote.as_ref()
+    }
+
+    /// Takes note that `zygote` could not start an instance: it is stopped, and instances
+    /// start their own interpreter from now on.
+    pub(crate) async fn zygote_failed(&self, zygote: &Zygote, err: &EngineError) {
+        self.zygote_failed.store(true, Ordering::Release);
+        zygote.stop().await;
+        let output = match err {
+            EngineError::InstanceExitedAtStart { output } => output.as_str(),
+            _ => "",
+        };
+        tracing::warn!(
+            error = err as &dyn std::error::Error,
+            output,
+            "the Python zygote could not start an instance; Python instances start their own interpreter from now on"
+        );
     }
 
     /// Makes a spare an instance of `spec`; `None` if there is no spare to take or it cannot
@@ -377,7 +397,7 @@ impl Spares {
 
 /// The frame that hands a spare to `spec`: the environment an instance of it starts with and
 /// the rlimits that depend on the function (lowered by the shim).
-fn assignment(
+pub(crate) fn assignment(
     config: &EngineConfig,
     shims: &Shims,
     spec: &FunctionSpec,

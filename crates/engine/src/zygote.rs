@@ -1,5 +1,9 @@
-//! The Python zygote: one interpreter with the shim loaded that forks Python spares into
-//! sandboxes the engine has built, so that their memory is its memory until they write to it.
+//! The Python zygote: one interpreter with the shim loaded that forks Python instances into
+//! sandboxes the engine has built, so that their memory is its memory until they write to it:
+//! the spares (`spare.rs`), and the instances of cold starts that find no spare ready
+//! (`Engine::start_forked`). Each is forked with the base environment of a spare and waits for
+//! its function's environment on its control socket, so no function's environment (which may
+//! hold secrets) ever enters the zygote, whose memory every later fork starts with.
 //!
 //! ```text
 //!  engine                                     zygote (python3 -u -S bootstrap.py, as the
@@ -14,24 +18,28 @@
 //!    └ control socket ◄── {"spare": true}
 //! ```
 //!
-//! The spare then goes on as one the engine started itself (`spare.rs`): it is claimed the same
-//! way, and killed the same way (the waiter, whose death takes init's PID namespace with it).
+//! The fork then goes on as a spare the engine started itself: it is claimed (or, for a cold
+//! start, handed its function at once) the same way, and killed the same way (the waiter,
+//! whose death takes init's PID namespace with it).
 //! Used only where the instance has a cgroup: without one, the sandbox's processes are found by
 //! walking the waiter's process tree, of which a joined runtime is not part.
 //!
 //! # Limitations
 //!
-//! - Every spare forked from one zygote has its address-space layout and its string hash
+//! - Every instance forked from one zygote has its address-space layout and its string hash
 //!   secret (`PYTHONHASHSEED`): a function can learn them from its own process, and with them
 //!   craft colliding dictionary keys for another function's instance or skip the guessing in
 //!   an exploit of it. A zygote started per function would not share them; it would also
 //!   share less memory.
 //! - The zygote runs with the server's privileges, outside the sandbox: it must, to enter
 //!   the sandboxes it forks into. It runs only the shim's code, never a function's. Its
-//!   memory, which each spare starts with a copy of, holds what earlier requests left there:
-//!   other spares' base environments, whose only per-spare value is their log marker token,
-//!   of no use outside its own instance's log pipe.
-//! - If the zygote fails, spares are started the usual way for the rest of the engine's life.
+//!   memory, which each fork starts with a copy of, holds what earlier requests left there:
+//!   base environments, whose only per-instance value is a log marker token, of no use
+//!   outside its own instance's log pipe.
+//! - If the zygote fails, Python instances start their own interpreter for the rest of the
+//!   engine's life.
+//! - The interpreter has started before the function's environment arrives, as with a spare
+//!   (see `spare.rs`): variables read only at start-up have no effect.
 
 use std::collections::BTreeMap;
 use std::io::{self, IoSlice};

@@ -229,7 +229,11 @@ async fn concurrent_instances_of_a_function_share_its_uid() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_spares_cold_starts_start_their_own_interpreter() {
     let fixture = Fixture::new(&[("index.py", PROBE)]);
-    let engine = engine_with_spares(&fixture, 0).await;
+    let mut config = fixture.config().await;
+    config.python_spares = 0;
+    config.node_spares = 0;
+    config.python_zygote = false;
+    let engine = Engine::new(config).expect("engine starts");
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(engine.spare_instances(), 0);
     let mut spec = fixture.spec("plain", Runtime::Python3);

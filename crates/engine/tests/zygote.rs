@@ -226,3 +226,97 @@ async fn when_the_zygote_dies_spares_start_their_own_interpreter() {
     })
     .await;
 }
+
+/// Reports the function's secret and uid.
+const SECRET_PROBE: &str = r#"
+import os
+
+def main_handler(event, context):
+    return {"uid": os.getuid(), "secret": os.environ.get("API_KEY"), "pid": os.getpid()}
+"#;
+
+/// Whether `needle` is in the readable private memory of `pid` (read as root).
+fn memory_contains(pid: u32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut memory = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        let mut region = vec![0; usize::try_from(end - start).expect("size")];
+        if memory.seek(SeekFrom::Start(start)).is_err() || memory.read_exact(&mut region).is_err() {
+            continue;
+        }
+        if region.windows(needle.len()).any(|window| window == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_start_without_a_spare_is_forked_and_the_zygote_never_holds_its_environment() {
+    if !has_cgroup_v2() {
+        eprintln!("skipped: no cgroup v2 here, so no zygote");
+        return;
+    }
+    let fixture = Fixture::new(&[("index.py", SECRET_PROBE)]);
+    let mut config = fixture.config().await;
+    config.python_spares = 0;
+    config.node_spares = 0;
+    config.python_zygote = true;
+    let engine = Engine::new(config).expect("engine starts");
+    let secret = format!(
+        "zygote-test-secret-{}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now()
+    );
+    let mut spec = fixture.spec("secretive", Runtime::Python3);
+    spec.environment.push(("API_KEY".into(), secret.clone()));
+    let seen = ret(&engine.invoke(&spec, request("r1", json!({}))).await);
+    assert_eq!(seen["secret"], secret.as_str());
+
+    let uid = seen["uid"].as_u64().and_then(|uid| u32::try_from(uid).ok());
+    let forked: Vec<_> = grandchildren_uids()
+        .into_iter()
+        .filter(|(_, child_uid)| Some(*child_uid) == uid)
+        .collect();
+    assert_eq!(
+        forked.len(),
+        1,
+        "the instance is a child of the zygote: {forked:?}"
+    );
+    let zygote = child_processes()
+        .into_iter()
+        .find(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("python"))
+        })
+        .expect("the zygote is a child of the engine");
+    assert!(
+        memory_contains(forked[0].0, secret.as_bytes()),
+        "the instance holds its environment (the scan works)"
+    );
+    assert!(
+        !memory_contains(zygote, secret.as_bytes()),
+        "the function's environment reached the zygote"
+    );
+    engine.shutdown().await;
+    drop(engine);
+    eventually("no instance or zygote is left", || {
+        child_processes().is_empty()
+    })
+    .await;
+}

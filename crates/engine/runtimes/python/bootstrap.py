@@ -54,7 +54,7 @@ import struct
 import sys
 
 _HEADER = struct.Struct(">I")
-# Whether this process is a spare forked from a zygote, which has set up what it shares.
+# Whether this process was forked from a zygote, which has set up what it shares.
 _forked = False
 _RECV_CHUNK = 1 << 20
 _FIRST_READ = 1 << 16
@@ -368,6 +368,14 @@ def _await_assignment(sock, frames):
     os.environ.clear()
     os.environ.update(assignment["env"])
     os.environ.pop("_NIMBUS_LOG_TOKEN", None)
+    _take_function_paths()
+    return True
+
+
+def _take_function_paths():
+    """For an interpreter that started before its function's environment was known (a
+    spare, a zygote's fork): the working directory and sys.path one started for the function
+    would have."""
     code_root = os.environ.get("USER_CODE_ROOT", os.getcwd())
     os.chdir(code_root)  # the directory the code was mounted over
     sys.path[0] = code_root
@@ -375,7 +383,6 @@ def _await_assignment(sock, frames):
     extra = os.environ.get("PYTHONPATH", "").split(os.pathsep)
     sys.path[1:1] = [p for p in dict.fromkeys(extra) if p and p not in sys.path]
     importlib.invalidate_caches()
-    return True
 
 
 def main():
@@ -415,7 +422,8 @@ def main():
 
 # ---------------------------------------------------------------------------------------
 # Zygote: one interpreter, started by the engine as root outside any sandbox with this
-# module loaded, that forks spares into sandboxes the engine has built (see the sandbox
+# module loaded, that forks instances (spares, and instances started for a function when
+# no spare was ready) into sandboxes the engine has built (see the sandbox
 # crate's adopt.rs and the engine's zygote.rs). Its children share its memory until they
 # write to it, so a child does as little as it can before it waits for a function.
 # ---------------------------------------------------------------------------------------
@@ -439,16 +447,17 @@ def _zygote():
 
     A request is one message: JSON {"env", "uid", "gid", "workdir", "rlimits", "filters",
     "cgroup"} and the descriptors [control, log, the namespaces of _NAMESPACES,
-    cgroup.procs if "cgroup"]. The answer is {"pid": host pid of the spare} or
-    {"error": why}. The spare then says {"spare": true} on its control socket, or, if it
-    could not enter the sandbox, writes why to its log and exits with 125.
+    cgroup.procs if "cgroup"]. The answer is {"pid": host pid of the instance} or
+    {"error": why}. The instance then runs as one started with the request's environment
+    would ({"spare": true} or {"ready": true} on its control socket), or, if it could not
+    enter the sandbox, writes why to its log and exits with 125.
     """
     import ctypes
     import gc
     import resource  # noqa: F401  (imported here so that every child shares it)
     import signal
     import socket
-    import traceback  # noqa: F401  (what a spare imports while it waits)
+    import traceback  # noqa: F401  (what an instance imports after its first reply)
 
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4
@@ -479,7 +488,7 @@ def _zygote():
             # The collector of a child would write to every object it tracks, copying the
             # page of each: the zygote's objects are left out of its collections for good.
             gc.freeze()
-            reply = {"pid": _fork_spare(libc, SockFprog, own_pid_namespace, request, fds)}
+            reply = {"pid": _fork_instance(libc, SockFprog, own_pid_namespace, request, fds)}
         except Exception as exc:  # the engine starts this spare the usual way
             reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
         finally:
@@ -529,23 +538,23 @@ def _check(result, what):
         raise OSError(errno, "cannot %s: %s" % (what, os.strerror(errno)))
 
 
-def _fork_spare(libc, fprog_type, own_pid_namespace, request, fds):
-    """Forks the spare straight into the sandbox's PID namespace (entered for children only,
-    and left again at once); returns its host pid. The spare enters the other namespaces
-    itself."""
+def _fork_instance(libc, fprog_type, own_pid_namespace, request, fds):
+    """Forks the instance straight into the sandbox's PID namespace (entered for children
+    only, and left again at once); returns its host pid. The instance enters the other
+    namespaces itself, then runs main() with the environment of the request."""
     _check(libc.setns(fds[_PID], _CLONE_NEWPID), "enter the sandbox's PID namespace")
     pid = -1
     try:
         pid = os.fork()
     finally:
         if pid != 0 and libc.setns(own_pid_namespace, _CLONE_NEWPID) != 0:
-            # Every later spare would be forked into this sandbox: stop serving.
+            # Every later instance would be forked into this sandbox: stop serving.
             os.write(2, b"nimbus-zygote: cannot leave a sandbox's PID namespace\n")
             os._exit(1)
     if pid:
         return pid
     try:
-        _become_spare(libc, fprog_type, request, fds)
+        _enter_sandbox(libc, fprog_type, request, fds)
     except BaseException as exc:
         try:
             message = ("nimbus-zygote: %s: %s\n" % (type(exc).__name__, exc)).encode()
@@ -563,7 +572,7 @@ def _fork_spare(libc, fprog_type, own_pid_namespace, request, fds):
         os._exit(0)
 
 
-def _become_spare(libc, fprog_type, request, fds):
+def _enter_sandbox(libc, fprog_type, request, fds):
     """Joins the sandbox, then does what the sandbox's init does for a runtime it starts
     (the sandbox crate's child.rs, become_function): the same limits, identity and filters."""
     import ctypes
