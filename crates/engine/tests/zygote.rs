@@ -320,3 +320,47 @@ async fn a_cold_start_without_a_spare_is_forked_and_the_zygote_never_holds_its_e
     })
     .await;
 }
+
+/// Leaves an orphan that exits at once, then reports the processes left in the namespace.
+const ORPHAN_PROBE: &str = r#"
+import os, time
+
+def main_handler(event, context):
+    child = os.fork()
+    if child == 0:
+        if os.fork() == 0:
+            time.sleep(0.05)
+            os._exit(0)
+        os._exit(0)
+    os.waitpid(child, 0)
+    time.sleep(0.3)
+    states = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with open("/proc/%s/stat" % pid) as f:
+                states[pid] = f.read().rsplit(")", 1)[1].split()[0]
+    return states
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_init_of_a_forked_instance_reaps_its_orphans() {
+    if !has_cgroup_v2() {
+        eprintln!("skipped: no cgroup v2 here, so no zygote");
+        return;
+    }
+    let fixture = Fixture::new(&[("index.py", ORPHAN_PROBE)]);
+    let engine = engine(&fixture, true).await;
+    let spec = fixture.spec("orphans", Runtime::Python3);
+    let states = ret(&engine.invoke(&spec, request("r1", json!({}))).await);
+    assert_eq!(
+        states,
+        json!({"2": "R"}),
+        "only the runtime is left, no zombie"
+    );
+    engine.shutdown().await;
+    drop(engine);
+    eventually("no instance, spare or zygote is left", || {
+        child_processes().is_empty()
+    })
+    .await;
+}

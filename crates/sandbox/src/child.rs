@@ -58,7 +58,6 @@ use nix::sys::resource::setrlimit;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use nix::sys::stat::{Mode, SFlag, mknod, umask};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{
     ForkResult, UnlinkatFlags, chdir, close, mkdir, pipe2, pivot_root, setgroups, sethostname,
     setresgid, setresuid, symlinkat, unlinkat,
@@ -413,10 +412,7 @@ fn reap_forever() -> ! {
     // Blocked, SIGCHLD stays pending for sigwait even though init ignores it by default.
     let _ = children.thread_block();
     loop {
-        while matches!(
-            waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)),
-            Ok(status) if status != WaitStatus::StillAlive
-        ) {}
+        while wait_raw(-1, libc::WNOHANG | libc::__WALL).is_ok_and(|(pid, _)| pid > 0) {}
         let _ = children.wait();
     }
 }
@@ -425,7 +421,7 @@ fn reap_forever() -> ! {
 /// signal `N` as `128 + N`.
 fn wait_for(pid: libc::pid_t) -> Result<(libc::pid_t, i32), Errno> {
     loop {
-        let (reaped, status) = wait_raw(pid)?;
+        let (reaped, status) = wait_raw(pid, 0)?;
         if libc::WIFEXITED(status) {
             return Ok((reaped, libc::WEXITSTATUS(status)));
         }
@@ -439,11 +435,11 @@ fn wait_for(pid: libc::pid_t) -> Result<(libc::pid_t, i32), Errno> {
     unsafe_code,
     reason = "waitpid with a raw status word: nix's WaitStatus cannot represent real-time signals"
 )]
-fn wait_raw(pid: libc::pid_t) -> Result<(libc::pid_t, libc::c_int), Errno> {
+fn wait_raw(pid: libc::pid_t, options: libc::c_int) -> Result<(libc::pid_t, libc::c_int), Errno> {
     let mut status: libc::c_int = 0;
     // SAFETY: `status` is a live, writable c_int on this stack frame for the whole call, which
     // is all waitpid writes through the pointer.
-    let reaped = unsafe { libc::waitpid(pid, &raw mut status, 0) };
+    let reaped = unsafe { libc::waitpid(pid, &raw mut status, options) };
     Errno::result(reaped).map(|reaped| (reaped, status))
 }
 

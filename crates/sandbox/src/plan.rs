@@ -323,10 +323,7 @@ impl Plan {
         // Computed here, before the fork.
         let parent = nix::unistd::getpid();
         let hook = move || -> io::Result<()> {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::from(nix::errno::Errno::ESRCH));
-            }
+            die_with(parent)?;
             plan.enter()
         };
         // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe
@@ -363,13 +360,7 @@ impl Plan {
     )]
     pub fn tie_to_spawner(command: &mut std::process::Command) {
         let parent = nix::unistd::getpid();
-        let hook = move || -> io::Result<()> {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-            if nix::unistd::getppid() != parent {
-                return Err(io::Error::from(nix::errno::Errno::ESRCH));
-            }
-            Ok(())
-        };
+        let hook = move || die_with(parent);
         // SAFETY: the hook runs in the forked child before exec. It makes two raw system calls
         // (`prctl(PR_SET_PDEATHSIG)` and `getppid`) and compares a copied pid; on failure it
         // builds an `io::Error` from a raw errno, which does not allocate. It takes no locks.
@@ -550,6 +541,17 @@ fn sandboxed(
         filters: sandbox.filters(),
         adopt: false,
     })
+}
+
+/// In a forked child: asks for `SIGKILL` when the thread that forked it dies, and fails with
+/// `ESRCH` if `parent` (its process, as it was before the fork) is already gone. Two raw
+/// system calls and a comparison; no allocation, even on failure.
+fn die_with(parent: nix::unistd::Pid) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid() != parent {
+        return Err(io::Error::from(nix::errno::Errno::ESRCH));
+    }
+    Ok(())
 }
 
 fn rlimits(limits: &Limits) -> Vec<Rlimit> {
