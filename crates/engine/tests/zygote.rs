@@ -83,19 +83,48 @@ fn uid_of(pid: u32) -> Option<u32> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn has_cgroup_v2() -> bool {
-    nimbus_sandbox::probe(&nimbus_sandbox::SandboxConfig::default()).is_ok_and(|capabilities| {
-        !matches!(
-            capabilities.cgroup,
-            nimbus_sandbox::CgroupSupport::Unavailable { .. }
-        )
+/// Stops the engine and waits until none of its processes (instances, spares, the zygote)
+/// is left.
+async fn shut_down(engine: Engine) {
+    engine.shutdown().await;
+    drop(engine);
+    eventually("no instance, spare or zygote is left", || {
+        child_processes().is_empty()
     })
+    .await;
+}
+
+/// The zygote: the engine's one Python child.
+fn zygote_pid() -> u32 {
+    child_processes()
+        .into_iter()
+        .find(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.starts_with("python"))
+        })
+        .expect("the zygote is a child of the engine")
+}
+
+/// Whether the host gives instances a cgroup, without which there is no zygote (the test
+/// says it is skipped).
+fn has_cgroup_v2() -> bool {
+    let found = nimbus_sandbox::probe(&nimbus_sandbox::SandboxConfig::default()).is_ok_and(
+        |capabilities| {
+            !matches!(
+                capabilities.cgroup,
+                nimbus_sandbox::CgroupSupport::Unavailable { .. }
+            )
+        },
+    );
+    if !found {
+        eprintln!("skipped: no cgroup v2 here, so no zygote");
+    }
+    found
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forked_spare_is_sandboxed_as_one_that_started_its_own_interpreter() {
     if !has_cgroup_v2() {
-        eprintln!("skipped: no cgroup v2 here, so no zygote");
         return;
     }
     let fixture = Fixture::new(&[("index.py", PROBE)]);
@@ -107,12 +136,7 @@ async fn a_forked_spare_is_sandboxed_as_one_that_started_its_own_interpreter() {
         grandchildren_uids().iter().all(|(_, uid)| *uid == 0),
         "without a zygote, the engine's children's children are the sandbox's init"
     );
-    started.shutdown().await;
-    drop(started);
-    eventually("the first engine's processes are gone", || {
-        child_processes().is_empty()
-    })
-    .await;
+    shut_down(started).await;
 
     let forking = engine(&fixture, true).await;
     let forked = ret(&forking.invoke(&spec, request("r2", json!({}))).await).clone();
@@ -150,18 +174,12 @@ async fn a_forked_spare_is_sandboxed_as_one_that_started_its_own_interpreter() {
         "init is hidden, nothing else runs"
     );
 
-    forking.shutdown().await;
-    drop(forking);
-    eventually("no instance, spare or zygote is left", || {
-        child_processes().is_empty()
-    })
-    .await;
+    shut_down(forking).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forked_instance_that_exits_is_replaced_by_another_fork() {
     if !has_cgroup_v2() {
-        eprintln!("skipped: no cgroup v2 here, so no zygote");
         return;
     }
     let fixture = Fixture::new(&[("index.py", PROBE)]);
@@ -175,29 +193,17 @@ async fn a_forked_instance_that_exits_is_replaced_by_another_fork() {
     eventually("a spare is ready again", || engine.spare_instances() == 1).await;
     let after = engine.invoke(&spec, request("r2", json!({}))).await;
     assert_eq!(ret(&after)["setuid"], "refused");
-    engine.shutdown().await;
-    drop(engine);
-    eventually("no instance, spare or zygote is left", || {
-        child_processes().is_empty()
-    })
-    .await;
+    shut_down(engine).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_the_zygote_dies_spares_start_their_own_interpreter() {
     if !has_cgroup_v2() {
-        eprintln!("skipped: no cgroup v2 here, so no zygote");
         return;
     }
     let fixture = Fixture::new(&[("index.py", PROBE)]);
     let engine = engine(&fixture, true).await;
-    let zygote = child_processes()
-        .into_iter()
-        .find(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("python"))
-        })
-        .expect("the zygote is a child of the engine");
+    let zygote = zygote_pid();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(i32::try_from(zygote).expect("pid")),
         nix::sys::signal::Signal::SIGKILL,
@@ -219,12 +225,7 @@ async fn when_the_zygote_dies_spares_start_their_own_interpreter() {
         common::not_running(zygote),
         "the dead zygote was reaped or is a zombie"
     );
-    engine.shutdown().await;
-    drop(engine);
-    eventually("no instance, spare or zygote is left", || {
-        child_processes().is_empty()
-    })
-    .await;
+    shut_down(engine).await;
 }
 
 /// Reports the function's secret and uid.
@@ -269,7 +270,6 @@ fn memory_contains(pid: u32, needle: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cold_start_without_a_spare_is_forked_and_the_zygote_never_holds_its_environment() {
     if !has_cgroup_v2() {
-        eprintln!("skipped: no cgroup v2 here, so no zygote");
         return;
     }
     let fixture = Fixture::new(&[("index.py", SECRET_PROBE)]);
@@ -298,13 +298,7 @@ async fn a_cold_start_without_a_spare_is_forked_and_the_zygote_never_holds_its_e
         1,
         "the instance is a child of the zygote: {forked:?}"
     );
-    let zygote = child_processes()
-        .into_iter()
-        .find(|&pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("python"))
-        })
-        .expect("the zygote is a child of the engine");
+    let zygote = zygote_pid();
     assert!(
         memory_contains(forked[0].0, secret.as_bytes()),
         "the instance holds its environment (the scan works)"
@@ -313,12 +307,7 @@ async fn a_cold_start_without_a_spare_is_forked_and_the_zygote_never_holds_its_e
         !memory_contains(zygote, secret.as_bytes()),
         "the function's environment reached the zygote"
     );
-    engine.shutdown().await;
-    drop(engine);
-    eventually("no instance or zygote is left", || {
-        child_processes().is_empty()
-    })
-    .await;
+    shut_down(engine).await;
 }
 
 /// Leaves an orphan that exits at once, then reports the processes left in the namespace.
@@ -345,7 +334,6 @@ def main_handler(event, context):
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_init_of_a_forked_instance_reaps_its_orphans() {
     if !has_cgroup_v2() {
-        eprintln!("skipped: no cgroup v2 here, so no zygote");
         return;
     }
     let fixture = Fixture::new(&[("index.py", ORPHAN_PROBE)]);
@@ -357,10 +345,5 @@ async fn the_init_of_a_forked_instance_reaps_its_orphans() {
         json!({"2": "R"}),
         "only the runtime is left, no zombie"
     );
-    engine.shutdown().await;
-    drop(engine);
-    eventually("no instance, spare or zygote is left", || {
-        child_processes().is_empty()
-    })
-    .await;
+    shut_down(engine).await;
 }
