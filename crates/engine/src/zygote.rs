@@ -64,7 +64,7 @@ use crate::sandbox::{Spawned, Spawner};
 const FORK_TIMEOUT_SECS: i64 = 10;
 /// The variable that starts the shim as a zygote.
 const ZYGOTE_VAR: &str = "_NIMBUS_ZYGOTE";
-/// Variables of a spare's launch that are the spare's own, not the zygote's.
+/// Variables of a spare's launch that are each fork's own, not the zygote's.
 const PER_SPARE_VARS: [&str; 2] = ["_NIMBUS_SPARE", "_NIMBUS_LOG_TOKEN"];
 
 /// A running zygote and the engine's end of its request socket.
@@ -85,8 +85,8 @@ struct Answer {
 }
 
 impl Zygote {
-    /// Starts the zygote for spares launched as `launch` describes (its program, arguments and
-    /// environment, but for the variables that are each spare's own).
+    /// Starts the zygote as `launch` (a spare's) describes: its program, arguments and
+    /// environment, but for the variables each fork gets of its own.
     pub(crate) async fn start(spawner: &Spawner, launch: &Launch) -> Result<Zygote, EngineError> {
         let (ours, theirs) = socketpair(
             nix::sys::socket::AddressFamily::Unix,
@@ -131,7 +131,7 @@ impl Zygote {
         self.pid
     }
 
-    /// Kills the zygote and waits for it (the spares it forked live on in their sandboxes).
+    /// Kills the zygote and waits for it (the instances it forked live on in their sandboxes).
     pub(crate) async fn stop(&self) {
         let mut child = self.child.lock().await;
         if matches!(child.try_wait(), Ok(Some(_))) {
@@ -145,8 +145,9 @@ impl Zygote {
         }
     }
 
-    /// Builds the sandbox of the adopting `plan` and forks a spare into it, launched with
-    /// `launch`'s environment: the spare's process and channels, and its host pid.
+    /// Builds the sandbox of the adopting `plan` and forks an instance into it, with
+    /// `launch`'s environment (a spare's: see the module's documentation): the instance's
+    /// process and channels, and the host pid of its runtime.
     pub(crate) async fn spawn(
         &self,
         spawner: &Spawner,
@@ -203,7 +204,7 @@ fn request(adoption: &Adoption, env: &BTreeMap<String, String>) -> Result<Vec<u8
     .map_err(|err| EngineError::SpawnInstance(io::Error::other(err)))
 }
 
-/// Sends one request with its descriptors and reads the answer: the spare's host pid.
+/// Sends one request with its descriptors and reads the answer: the fork's host pid.
 fn ask(socket: RawFd, request: &[u8], fds: &[OwnedFd]) -> io::Result<u32> {
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     let rights = [ControlMessage::ScmRights(&raw)];
@@ -226,7 +227,7 @@ fn ask(socket: RawFd, request: &[u8], fds: &[OwnedFd]) -> io::Result<u32> {
     match (answer.pid, answer.error) {
         (Some(pid), _) => Ok(pid),
         (None, error) => Err(io::Error::other(format!(
-            "the zygote could not fork a spare: {}",
+            "the zygote could not fork an instance: {}",
             error.unwrap_or_default()
         ))),
     }
