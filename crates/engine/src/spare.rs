@@ -167,6 +167,8 @@ impl Spares {
     /// way is left to it; a spare that fails to start ends its kind's fill (the next cold
     /// start tries again).
     pub(crate) async fn fill(&self, context: Context<'_>) {
+        // Started ahead too, so that no cold start waits for it.
+        self.zygote(&context).await;
         for kind in &self.kinds {
             if kind.filling.swap(true, Ordering::AcqRel) {
                 continue;
@@ -247,6 +249,7 @@ impl Spares {
     /// sandboxed with a cgroup each (a runtime it forks is found through the cgroup only).
     pub(crate) async fn zygote(&self, context: &Context<'_>) -> Option<&Zygote> {
         if self.zygote_failed.load(Ordering::Acquire)
+            || self.closed.load(Ordering::Acquire)
             || context.isolator.isolation() != Isolation::Sandbox
             || !context.isolator.has_cgroups()
         {
@@ -377,9 +380,10 @@ impl Spares {
         }
     }
 
-    /// Stops the zygote, if one was started; call it once fills have ended.
+    /// Stops the zygote, if one was started, and keeps any from starting later: call it after
+    /// [`Spares::close`]. Waits for a start under way.
     pub(crate) async fn stop_zygote(&self) {
-        if let Some(Some(zygote)) = self.zygote.get() {
+        if let Some(zygote) = self.zygote.get_or_init(|| async { None }).await {
             zygote.stop().await;
         }
     }
