@@ -64,9 +64,10 @@ pub(crate) struct Spares {
     /// Notified whenever a kind's fill ends ([`Spares::fills_ended`] waits on it).
     fill_ended: tokio::sync::Notify,
     placeholder: PathBuf,
-    /// Forks Python spares (`None` once it could not be started).
+    /// Forks Python instances, spares or not (`None` if it could not be started). It lives
+    /// here, with the spares it mostly forks, and `Engine::start_forked` borrows it.
     zygote: tokio::sync::OnceCell<Option<Zygote>>,
-    /// Set when the zygote failed: spares are started the usual way from then on.
+    /// Set when the zygote failed (or is off): Python instances start their own interpreter.
     zygote_failed: AtomicBool,
 }
 
