@@ -25,7 +25,7 @@
 //! (shims, environment, context), `runtime_api` (a custom runtime's HTTP API), `isolation`
 //! (uids, runtime paths and limits of each instance's sandbox), `sandbox` (spawning and
 //! killing; no `unsafe`: the sandbox crate holds all of it), `spare` (instances started ahead
-//! of need), `zygote` (the interpreter Python spares are forked from), `scf` (status codes and
+//! of need), `zygote` (the interpreter Python instances are forked from), `scf` (status codes and
 //! error objects).
 //!
 //! Isolation: by default ([`Isolation::Sandbox`], see [`EngineConfig::sandbox`]) every instance

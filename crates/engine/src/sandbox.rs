@@ -15,7 +15,9 @@
 //!                                                          fd 1, 2: log pipe
 //! ```
 //!
-//! With `Isolation::None` there is no waiter or init: the spawned process is the shim.
+//! With `Isolation::None` there is no waiter or init: the spawned process is the shim. For a
+//! Python instance forked by the zygote (`zygote.rs`), `spawn_shell` starts the waiter and
+//! init only, and the zygote's fork joins them from outside.
 //!
 //! Children must never outlive the engine:
 //! - `kill_on_drop` kills an instance whose handle is dropped;
