@@ -169,11 +169,11 @@ pub fn instance_processes(server: u32, uid: u32) -> Vec<u32> {
     found.into_iter().collect()
 }
 
-/// The process outside the instance, other than the server, that the instance's runtime
-/// (running as `uid`) is a child of: the zygote it was forked from, if there is one.
-pub fn zygote_of(server: u32, uid: u32) -> Option<u32> {
+/// The process outside `instance` (as [`instance_processes`] found it), other than the
+/// server, that one of its processes is a child of: the zygote its runtime was forked from,
+/// if there is one.
+pub fn zygote_of(server: u32, instance: &[u32]) -> Option<u32> {
     let parents = parent_map();
-    let instance = instance_processes(server, uid);
     instance
         .iter()
         .filter_map(|pid| parents.get(pid).copied())

@@ -629,7 +629,7 @@ impl Suite {
                 Ok(uid) => {
                     tokio::time::sleep(self.budget.pss_settle).await;
                     let instance = process::instance_processes(server.pid(), uid);
-                    if let Some(zygote) = process::zygote_of(server.pid(), uid) {
+                    if let Some(zygote) = process::zygote_of(server.pid(), &instance) {
                         zygote_kib = process::pss_kib(zygote);
                     }
                     let kib: u64 = instance

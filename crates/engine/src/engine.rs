@@ -457,6 +457,7 @@ impl Inner {
             return None;
         }
         let zygote = self.spares.zygote(&self.spare_context()).await?;
+        // Everything that can fail for the function's own reasons, before anything is forked.
         let prepared = runtime::spare_launch(
             &self.config,
             &self.shims,
@@ -465,10 +466,11 @@ impl Inner {
             token,
         )
         .and_then(|base| {
+            let assignment = spare::assignment(&self.config, &self.shims, spec)?;
             let sandbox = self.isolator.prepare(spec, launch, None, true)?;
-            Ok((base, sandbox))
+            Ok((base, assignment, sandbox))
         });
-        let (base, sandbox) = match prepared {
+        let (base, assignment, sandbox) = match prepared {
             Ok(prepared) => prepared,
             Err(err) => return Some(Err(err)),
         };
@@ -493,13 +495,7 @@ impl Inner {
                 return None;
             }
         };
-        Some(match spare::assignment(&self.config, &self.shims, spec) {
-            Ok(assignment) => forked.assign(&assignment, limits).await,
-            Err(err) => {
-                forked.stop().await;
-                Err(err)
-            }
-        })
+        Some(forked.assign(&assignment, limits).await)
     }
 
     async fn conclude(

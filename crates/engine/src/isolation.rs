@@ -459,7 +459,6 @@ impl InstanceSandbox {
     }
 }
 
-/// The CPU-time backstop of an instance of `spec`, in whole seconds.
 /// `plan`, adopting its runtime (`Plan::adopting`, a zygote's fork) if `adopt` and it has a
 /// cgroup: a runtime that joined from outside is found through the cgroup only.
 fn adopting_if(plan: Plan, adopt: bool) -> Plan {
@@ -470,6 +469,7 @@ fn adopting_if(plan: Plan, adopt: bool) -> Plan {
     }
 }
 
+/// The CPU-time backstop of an instance of `spec`, in whole seconds.
 pub(crate) fn cpu_backstop_secs(spec: &FunctionSpec) -> u64 {
     let total = spec.init_timeout + spec.timeout + CPU_BACKSTOP_MARGIN;
     total.as_secs() + u64::from(total.subsec_nanos() > 0)

@@ -189,10 +189,24 @@ async fn a_forked_instance_that_exits_is_replaced_by_another_fork() {
         .invoke(&spec, request("r1", json!({"exit": true})))
         .await;
     let (status, _) = common::error(&died);
-    assert_ne!(status, 200);
+    assert_eq!(status, 439, "the instance exited");
     eventually("a spare is ready again", || engine.spare_instances() == 1).await;
-    let after = engine.invoke(&spec, request("r2", json!({}))).await;
-    assert_eq!(ret(&after)["setuid"], "refused");
+    let after = ret(&engine.invoke(&spec, request("r2", json!({}))).await);
+    assert_eq!(after["setuid"], "refused");
+    let uid = after["uid"]
+        .as_u64()
+        .and_then(|uid| u32::try_from(uid).ok());
+    let zygote = zygote_pid();
+    let forked: Vec<u32> =
+        std::fs::read_to_string(format!("/proc/{zygote}/task/{zygote}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .collect();
+    assert!(
+        forked.iter().any(|&pid| uid_of(pid) == uid),
+        "the replacement is a child of the zygote: {forked:?}"
+    );
     shut_down(engine).await;
 }
 

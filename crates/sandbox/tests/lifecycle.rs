@@ -614,7 +614,7 @@ fn spawn_cost_of_true_sandboxed_vs_plain() {
 fn an_adopting_sandbox_starts_no_runtime_and_hands_out_its_namespaces() {
     let Some(sandbox) = sandbox() else { return };
     let code = code_dir(&[]);
-    let spec = spec(205, code.path());
+    let spec = spec(216, code.path());
     let own = Plan::new(&sandbox, &spec).expect("plan");
     assert!(!own.adopts());
     assert!(matches!(own.adoption(1), Err(SandboxError::NotAdopting)));

@@ -476,7 +476,8 @@ def _zygote():
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(control, 1 << 20, 16)
-        except OSError:
+        except OSError as exc:  # the engine sees the socket close and stops using the zygote
+            os.write(2, ("nimbus-zygote: cannot read a request: %s\n" % exc).encode())
             break
         if not message:
             break
@@ -489,7 +490,7 @@ def _zygote():
             # page of each: the zygote's objects are left out of its collections for good.
             gc.freeze()
             reply = {"pid": _fork_instance(libc, SockFprog, own_pid_namespace, request, fds)}
-        except Exception as exc:  # the engine starts this spare the usual way
+        except Exception as exc:  # the engine starts this instance the usual way
             reply = {"error": "%s: %s" % (type(exc).__name__, exc)}
         finally:
             for fd in fds:
